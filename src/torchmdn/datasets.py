@@ -1,0 +1,78 @@
+"""Synthetic problems with known conditional densities.
+
+Each generator takes ``n`` and ``seed``, uses its own ``torch.Generator`` (the global random
+state is never touched) and returns float32 tensors ``x (n, in)`` and ``y (n, d)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .distributions import GaussianMixture
+from .errors import InputError
+
+__all__ = ["bishop", "bishop_branches", "BISHOP_ENTROPY", "rotating_pair", "rotating_pair_density"]
+
+#: Exact conditional entropy H(t | x) of :func:`bishop` in nats: the floor on its test NLL.
+BISHOP_ENTROPY = -1.315
+
+
+def _generator(n: int, seed: int) -> torch.Generator:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"n must be a positive integer; got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an integer; got {seed!r}")
+    return torch.Generator().manual_seed(seed)
+
+
+def bishop(n: int = 3000, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Bishop's inverse problem (Pattern Recognition and Machine Learning, §5.6).
+
+    ``t ~ U(0, 1)``, ``x = t + 0.3 sin(2πt) + U(-0.1, 0.1)``; the task is to predict ``t``
+    from ``x``, which has up to three branches. Returns ``(x, t)``, each of shape ``(n, 1)``.
+    The benchmark uses ``bishop(3000, seed=0)`` split into the first 2000 rows for training
+    and the last 1000 for testing; the best possible test NLL is :data:`BISHOP_ENTROPY`.
+    """
+    g = _generator(n, seed)
+    t = torch.rand(n, 1, generator=g, dtype=torch.float64)
+    noise = torch.rand(n, 1, generator=g, dtype=torch.float64) * 0.2 - 0.1
+    x = t + 0.3 * torch.sin(2 * math.pi * t) + noise
+    return x.float(), t.float()
+
+
+def bishop_branches(points: int = 500) -> tuple[Tensor, Tensor]:
+    """The noise-free curve ``x = t + 0.3 sin(2πt)`` as ``(x, t)`` points, for plots."""
+    t = torch.linspace(0, 1, points, dtype=torch.float64)
+    return (t + 0.3 * torch.sin(2 * math.pi * t)).float(), t.float()
+
+
+def rotating_pair_density(x: Tensor) -> GaussianMixture:
+    """The true ``p(y | x)`` of :func:`rotating_pair`: two correlated 2-d Gaussians.
+
+    For ``x`` in ``[-1, 1]`` the two modes sit at ``±(cos πx, sin πx)``; each is elongated
+    along its own direction (standard deviations 0.25 and 0.05), with weights ``σ(±3x)``.
+    """
+    if x.dim() < 1 or x.shape[-1] != 1:
+        raise InputError(f"x must have shape (..., 1); got {tuple(x.shape)}")
+    angle = math.pi * x  # [*, 1]
+    u = torch.cat([torch.cos(angle), torch.sin(angle)], -1)  # [*, 2] unit direction
+    loc = torch.stack([u, -u], -2)  # [*, 2, 2]
+    v = torch.stack([-u[..., 1], u[..., 0]], -1)  # orthogonal direction
+    cov = 0.25**2 * u.unsqueeze(-1) * u.unsqueeze(-2) + 0.05**2 * v.unsqueeze(-1) * v.unsqueeze(-2)
+    tril = torch.linalg.cholesky(cov).unsqueeze(-3).expand(loc.shape + (2,))
+    logits = torch.cat([3 * x, -3 * x], -1)
+    return GaussianMixture(logits, loc, scale_tril=tril)
+
+
+def rotating_pair(n: int = 2000, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A 2-d bimodal target with correlated components whose orientation follows ``x``.
+
+    ``x ~ U(-1, 1)`` of shape ``(n, 1)``; ``y (n, 2)`` drawn from :func:`rotating_pair_density`.
+    """
+    g = _generator(n, seed)
+    x = torch.rand(n, 1, generator=g, dtype=torch.float64) * 2 - 1
+    y = rotating_pair_density(x).sample(generator=g)
+    return x.float(), y.float()
