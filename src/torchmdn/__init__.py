@@ -4,10 +4,25 @@ The network outputs a whole conditional distribution p(y|x), a Gaussian mixture,
 ``torch.distributions`` object. See the README for a tour.
 """
 
+from . import datasets
 from .distributions import GaussianMixture
 from .errors import TorchMDNError
+from .io import load, save
 from .nn import MDN, MLP, MDNHead
+from .train import History, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianMixture", "MDN", "MDNHead", "MLP", "TorchMDNError", "__version__"]
+__all__ = [
+    "GaussianMixture",
+    "MDN",
+    "MDNHead",
+    "MLP",
+    "History",
+    "TorchMDNError",
+    "datasets",
+    "fit",
+    "load",
+    "save",
+    "__version__",
+]

@@ -185,6 +185,7 @@ class MDN(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.feature_names = None if feature_names is None else [str(c) for c in feature_names]
         self.target_names = None if target_names is None else [str(c) for c in target_names]
+        self.metadata: dict[str, Any] = {}  # free-form, saved by torchmdn.save
         for names, size, what in ((self.feature_names, in_features, "feature_names"),
                                   (self.target_names, out_features, "target_names")):
             if names is not None and len(names) != size:

@@ -1,0 +1,253 @@
+"""The ``torchmdn`` command line: parse arguments, call the library, map errors to exit codes.
+
+``main(argv) -> int`` is testable without a subprocess. Every error the library raises on
+purpose (and a missing file) ends with status 1 and one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import InputError, ModelFileError, TorchMDNError
+
+__all__ = ["main"]
+
+_MISSING = {"", "na", "nan", "null", "none", "?"}
+
+
+# ---------------------------------------------------------------------- CSV at the edge
+
+
+def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV file (delimiter sniffed among ``,``, ``;`` and tab)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data file not found: {path}")
+    with path.open(newline="") as f:
+        text = f.read()
+    if not text.strip():
+        raise InputError(f"{path} is empty")
+    try:
+        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [r for r in csv.reader(text.splitlines(), dialect) if r]
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    if not body:
+        raise InputError(f"{path} has a header but no data rows")
+    for i, r in enumerate(body):
+        if len(r) != len(header):
+            raise InputError(
+                f"{path}, line {i + 2}: {len(r)} fields but the header has {len(header)}"
+            )
+    return header, body
+
+
+def columns(path: str | Path, header: list[str], body: list[list[str]], names: Sequence[str]) -> torch.Tensor:
+    """The named columns as a float64 tensor ``(rows, len(names))``, with clear errors."""
+    unknown = [n for n in names if n not in header]
+    if unknown:
+        raise InputError(f"{path}: no column named {unknown}; the columns are {header}")
+    idx = [header.index(n) for n in names]
+    out = torch.empty(len(body), len(idx), dtype=torch.float64)
+    for i, row in enumerate(body):
+        for j, k in enumerate(idx):
+            cell = row[k].strip()
+            if cell.lower() in _MISSING:
+                raise InputError(
+                    f"{path}, line {i + 2}, column {names[j]!r}: missing value {cell!r}. "
+                    "Drop or impute missing values first."
+                )
+            try:
+                value = float(cell)
+            except ValueError:
+                raise InputError(
+                    f"{path}, line {i + 2}, column {names[j]!r}: {cell!r} is not a number. "
+                    "Use only numeric columns (encode categories first)."
+                ) from None
+            if not math.isfinite(value):
+                raise InputError(f"{path}, line {i + 2}, column {names[j]!r}: {cell!r} is not finite")
+            out[i, j] = value
+    return out
+
+
+def write_csv(path: str | Path | None, header: list[str], rows: torch.Tensor, lead: list[list[str]] | None = None) -> None:
+    """Write rows (optionally prefixed by string columns) to ``path`` or stdout."""
+    f = sys.stdout if path is None else open(path, "w", newline="")  # noqa: SIM115
+    try:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, r in enumerate(rows.tolist()):
+            w.writerow((lead[i] if lead else []) + [f"{v:.8g}" for v in r])
+    finally:
+        if path is not None:
+            f.close()
+
+
+def _split_names(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import bishop_demo
+
+    result = bishop_demo(args.out, seed=args.seed, progress=not args.quiet)
+    print(f"test NLL {result.test_nll:.4f} nats  (floor {result.floor}: no model can do better)")
+    print(f"epochs {result.history.epochs}, {result.history.time_s:.1f} s")
+    print(f"wrote {result.figure} and {result.model_path}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .io import save
+    from .nn import MDN
+    from .train import fit
+
+    header, body = read_csv(args.data)
+    targets = _split_names(args.target)
+    features = _split_names(args.features) if args.features else [c for c in header if c not in targets]
+    if not targets:
+        raise InputError("--target names no column")
+    if not features:
+        raise InputError(f"no feature columns left besides the targets {targets}; pass --features")
+    x = columns(args.data, header, body, features).float()
+    y = columns(args.data, header, body, targets).float()
+    hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(args.seed)
+        model = MDN(len(features), len(targets), n_components=args.components, hidden=hidden,
+                    covariance=args.covariance, feature_names=features, target_names=targets)
+    history = fit(model, x, y, max_epochs=args.epochs, random_state=args.seed, progress=not args.quiet)
+    save(model, args.output, metadata={"trained_on": str(args.data), "rows": len(x)})
+    val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
+    print(f"trained {history.epochs} epochs in {history.time_s:.1f} s{val}; wrote {args.output}")
+    return 0
+
+
+def _load_with_data(args: argparse.Namespace):
+    from .io import load
+
+    model = load(args.model)
+    header, body = read_csv(args.data)
+    features = model.feature_names or header[: model.in_features]
+    missing = [c for c in features if c not in header]
+    if missing:
+        raise ModelFileError(
+            f"the model {args.model} expects feature columns {features}; {args.data} lacks {missing}"
+        )
+    x = columns(args.data, header, body, features).to(model.x_loc.dtype)
+    return model, header, body, x
+
+
+def _target_names(model) -> list[str]:
+    return model.target_names or [f"y{i}" for i in range(model.out_features)]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    model, _, _, x = _load_with_data(args)
+    with torch.no_grad():
+        dist = model(x)
+        out = torch.cat([dist.mean, dist.stddev], -1)
+    names = _target_names(model)
+    write_csv(args.output, [f"{n}_mean" for n in names] + [f"{n}_std" for n in names], out)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise InputError(f"-n must be >= 1; got {args.n}")
+    model, _, _, x = _load_with_data(args)
+    gen = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        draws = model(x).sample((args.n,), generator=gen)  # [n, rows, d]
+    rows = draws.transpose(0, 1).reshape(-1, draws.shape[-1])
+    lead = [[str(i), str(k)] for i in range(len(x)) for k in range(args.n)]
+    write_csv(args.output, ["row", "draw"] + _target_names(model), rows, lead)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    model, header, body, x = _load_with_data(args)
+    targets = _split_names(args.target) if args.target else _target_names(model)
+    if len(targets) != model.out_features:
+        raise ModelFileError(
+            f"the model predicts {model.out_features} target(s); --target names {len(targets)}: {targets}"
+        )
+    y = columns(args.data, header, body, targets).to(x.dtype)
+    with torch.no_grad():
+        nll = -model.log_prob(x, y).mean().item()
+    print(f"mean NLL {nll:.4f} nats over {len(x)} rows")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="torchmdn", description="Mixture density networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train on Bishop's inverse problem and write a plot")
+    d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(run=_cmd_demo)
+
+    f = sub.add_parser("fit", help="train an MDN on a CSV file")
+    f.add_argument("data", help="CSV file with a header row")
+    f.add_argument("--target", required=True, help="target column(s), comma-separated")
+    f.add_argument("--features", help="feature columns (default: all other columns)")
+    f.add_argument("--components", type=int, default=10)
+    f.add_argument("--covariance", choices=["diagonal", "isotropic", "full"], default="diagonal")
+    f.add_argument("--hidden", help="hidden layer widths, e.g. 128,128")
+    f.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--quiet", action="store_true")
+    f.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    f.set_defaults(run=_cmd_fit)
+
+    for name, fn, helptext in (("predict", _cmd_predict, "mean and standard deviation per target"),
+                               ("sample", _cmd_sample, "draw samples of the targets"),
+                               ("evaluate", _cmd_evaluate, "mean test NLL in nats")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("model", help="model file written by 'torchmdn fit'")
+        c.add_argument("data", help="CSV file with the model's feature columns")
+        if name == "sample":
+            c.add_argument("-n", type=int, default=10, help="draws per row")
+            c.add_argument("--seed", type=int, default=0)
+        if name == "evaluate":
+            c.add_argument("--target", help="target column(s) (default: as at training)")
+        else:
+            c.add_argument("-o", "--output", help="CSV to write (default: stdout)")
+        c.set_defaults(run=fn)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except TorchMDNError as err:
+        print(f"torchmdn {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        print(f"torchmdn {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"torchmdn {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"torchmdn {args.command}: interrupted", file=sys.stderr)
+        return 130

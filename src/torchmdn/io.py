@@ -1,0 +1,107 @@
+"""Save and load models: one ``.safetensors`` file holding the weights and a JSON config.
+
+The config (architecture, column names, library version) lives in the safetensors header's
+metadata, so a model is one file and loading it never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import ModelFileError
+from .nn import MDN
+
+__all__ = ["save", "load"]
+
+_FORMAT = "torchmdn"
+_FORMAT_VERSION = 1
+
+
+def save(model: MDN, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``path`` (a ``.safetensors`` file), atomically.
+
+    Args:
+        model: the :class:`~torchmdn.MDN` to save.
+        path: destination file; written to a temporary file first and then renamed, so an
+            interrupted save never leaves a half-written model.
+        metadata: extra JSON-serialisable information stored beside the config.
+
+    Returns:
+        The path written.
+    """
+    from . import __version__
+
+    if not isinstance(model, MDN):
+        raise ModelFileError(f"save expects a torchmdn.MDN; got {type(model).__name__}")
+    path = Path(path)
+    header = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "torchmdn_version": __version__,
+        "class": "MDN",
+        "config": model.config(),
+        "metadata": {**getattr(model, "metadata", {}), **(metadata or {})},
+    }
+    try:
+        text = json.dumps(header)
+    except TypeError as err:
+        raise ModelFileError(f"metadata must be JSON-serialisable: {err}") from err
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_FORMAT: text})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON header of a saved model (config, versions, metadata), without the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path} is not a safetensors model file ({err})") from err
+    if _FORMAT not in meta:
+        raise ModelFileError(f"{path} is a safetensors file but not a torchmdn model")
+    header = json.loads(meta[_FORMAT])
+    if header.get("format_version", 0) > _FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written by a newer torchmdn ({header.get('torchmdn_version')}, "
+            f"format {header.get('format_version')}); upgrade torchmdn to read it"
+        )
+    return header
+
+
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MDN:
+    """Read a model written by :func:`save`. Never executes code from the file."""
+    header = read_header(path)
+    if header.get("class") != "MDN":
+        raise ModelFileError(f"{path}: unknown model class {header.get('class')!r}")
+    try:
+        model = MDN(**header["config"])
+    except (TypeError, KeyError, ValueError) as err:
+        raise ModelFileError(f"{path}: invalid model config ({err})") from err
+    tensors = load_file(str(path), device=str(map_location))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+        )
+    model.metadata = header.get("metadata", {})
+    return model.to(map_location).eval()

@@ -1,0 +1,128 @@
+"""MDNHead and MDN: shapes, gradients, the scale floor, standardisation, user units."""
+
+import math
+
+import pytest
+import torch
+
+from torchmdn import MDN, MLP, GaussianMixture, MDNHead
+from torchmdn.errors import InputError
+
+KINDS = ("diagonal", "isotropic", "full")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("n", [1, 4])
+def test_head_shapes_and_every_parameter_gets_a_gradient(kind, d, n):
+    head = MDNHead(5, d, n, covariance=kind)
+    h = torch.randn(2, 7, 5)
+    gm = head(h)
+    assert isinstance(gm, GaussianMixture)
+    assert gm.batch_shape == (2, 7) and gm.event_shape == (d,) and gm.covariance_type == kind
+    gm.log_prob(torch.randn(2, 7, d)).sum().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # every output block receives gradient: logits, means and scale parameters
+    g = head.linear.bias.grad
+    sizes = head._split
+    for block in g.split(sizes):
+        assert block.abs().sum() > 0 or (block.numel() == 1 and n == 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_min_scale_is_a_real_floor(kind):
+    head = MDNHead(3, 2, 2, covariance=kind, min_scale=0.05)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.fill_(-1e4)  # softplus -> 0: scales must sit exactly on the floor
+    gm = head(torch.zeros(1, 3))
+    if kind == "full":
+        diag = gm.scale_tril.diagonal(dim1=-2, dim2=-1)
+        torch.testing.assert_close(diag, torch.full_like(diag, 0.05))
+        assert (gm.scale_tril.triu(1) == 0).all()
+    else:
+        torch.testing.assert_close(gm.scale, torch.full_like(gm.scale, 0.05))
+
+
+def test_head_full_builds_valid_cholesky_factor():
+    head = MDNHead(4, 3, 2, covariance="full")
+    gm = head(torch.randn(6, 4))
+    GaussianMixture(gm.logits, gm.loc, scale_tril=gm.scale_tril, validate_args=True)  # must not raise
+
+
+def test_head_initial_mixture_is_spread_with_equal_weights():
+    head = MDNHead(8, 1, 5)
+    gm = head(torch.zeros(1, 8))
+    torch.testing.assert_close(gm.probs, torch.full((1, 5), 0.2))
+    assert gm.loc.squeeze().unique().numel() == 5
+    torch.testing.assert_close(gm.scale, torch.ones_like(gm.scale), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(in_features=3, out_features=1, n_components=0), "n_components"),
+        (dict(in_features=3, out_features=1, n_components=2, covariance="banana"), "covariance"),
+        (dict(in_features=3, out_features=1, n_components=2, min_scale=-1.0), "min_scale"),
+        (dict(in_features=0, out_features=1, n_components=2), "in_features"),
+    ],
+)
+def test_head_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        MDNHead(**kwargs)
+
+
+def test_mlp_rejects_unknown_activation():
+    with pytest.raises(InputError, match="activation"):
+        MLP(2, (4,), activation="swishy")
+
+
+def test_mdn_output_is_in_user_units():
+    x = torch.randn(500, 2) * 10 + 3
+    y = torch.randn(500, 1) * 1000 - 50
+    model = MDN(2, 1, n_components=3, hidden=(16,)).standardize(x, y)
+    torch.testing.assert_close(model.y_scale, y.std(0))
+    dist = model(x[:7])
+    z = model.standardized_forward(x[:7])
+    # log p(y) = log p_z((y - m) / s) - log s, and the fast path agrees with model(x).log_prob
+    want = z.log_prob((y[:7] - model.y_loc) / model.y_scale) - model.y_scale.log().sum()
+    torch.testing.assert_close(model.log_prob(x[:7], y[:7]), want)
+    torch.testing.assert_close(dist.log_prob(y[:7]), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dist.mean, z.mean * model.y_scale + model.y_loc, rtol=1e-5, atol=1e-3)
+
+
+def test_mdn_standardize_rejects_constant_target_and_tolerates_constant_feature():
+    x = torch.cat([torch.randn(20, 1), torch.ones(20, 1)], 1)
+    model = MDN(2, 1, hidden=(4,))
+    model.standardize(x, torch.randn(20, 1))
+    assert model.x_scale[1] == 1.0 and bool(model.standardized)
+    with pytest.raises(InputError, match="constant"):
+        MDN(2, 1, hidden=(4,)).standardize(x, torch.ones(20, 1))
+
+
+def test_mdn_shape_errors_name_the_remedy():
+    model = MDN(1, 1, hidden=(4,))
+    with pytest.raises(InputError, match=r"unsqueeze\(-1\)"):
+        model(torch.zeros(5))
+    with pytest.raises(InputError, match=r"\(\.\.\., 1\)"):
+        model(torch.zeros(5, 3))
+    with pytest.raises(InputError, match="y must have shape"):
+        model.log_prob(torch.zeros(5, 1), torch.zeros(5, 2))
+    with pytest.raises(InputError, match="feature_names"):
+        MDN(2, 1, feature_names=["a"])
+
+
+def test_mdn_config_round_trip():
+    model = MDN(3, 2, n_components=4, hidden=(8, 6), covariance="full", activation="silu",
+                min_scale=0.01, feature_names=["a", "b", "c"], target_names=["u", "v"])
+    clone = MDN(**model.config())
+    assert clone.config() == model.config()
+    assert sum(p.numel() for p in clone.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_mdn_works_in_float64():
+    model = MDN(2, 2, n_components=3, hidden=(8,), covariance="full").double()
+    lp = model.log_prob(torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
+    assert math.isfinite(lp.sum().item())
