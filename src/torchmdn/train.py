@@ -235,13 +235,14 @@ def fit(
                         bad_in_a_row += 1
                 if bad_in_a_row:
                     history.skipped_steps += 1
-                    if bad_in_a_row >= 20:
-                        model.load_state_dict(best_state)
-                        raise TrainingError(
-                            f"the loss or its gradient was not finite for {bad_in_a_row} steps "
-                            f"in a row (epoch {epoch}); the model was restored to its best "
-                            "state. Lower lr, raise min_scale, or check the data for outliers."
-                        )
+                end_of_epoch = i + batch_size >= n_tr
+                if bad_in_a_row >= 20 or (end_of_epoch and seen == 0):
+                    model.load_state_dict(best_state)
+                    raise TrainingError(
+                        f"the loss or its gradient was not finite for {bad_in_a_row} steps "
+                        f"in a row (epoch {epoch}); the model was restored to its best "
+                        "state. Lower lr, raise min_scale, or check the data for outliers."
+                    )
             train_nll = total / seen if seen else math.nan
             history.train_nll.append(train_nll)
             history.lr.append(opt.param_groups[0]["lr"])

@@ -1,0 +1,419 @@
+"""The ``torchmdn`` command line, run in-process through ``torchmdn.cli.main``."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import torchmdn
+from torchmdn.cli import main
+
+FIT = ["--epochs", "3", "--hidden", "8", "--components", "2", "--quiet"]
+ROWS = 60
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list], delimiter: str = ",") -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _rows(n: int = ROWS, seed: int = 0) -> list[list[str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.uniform(-1, 1), rng.uniform(-1, 1)
+        out.append([f"{a:.4f}", f"{b:.4f}", f"{a + b + rng.gauss(0, 0.1):.4f}",
+                    f"{a - b + rng.gauss(0, 0.1):.4f}"])
+    return out
+
+
+def _read(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def _run_quietly(argv: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def data(workdir) -> Path:
+    return _write_csv(workdir / "data.csv", ["x1", "x2", "y", "z"], _rows())
+
+
+@pytest.fixture(scope="module")
+def model(workdir, data) -> Path:
+    """A model of y given x1, x2 and z (all other columns), trained once for the module."""
+    out = workdir / "model.safetensors"
+    assert _run_quietly(["fit", str(data), "--target", "y", *FIT, "-o", str(out)]) == 0
+    return out
+
+
+def _one_error_line(capsys, rc: int, command: str, *needles: str) -> str:
+    """Exit status 1, exactly one line on stderr, no traceback, naming the problem."""
+    out, err = capsys.readouterr()
+    assert rc == 1, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert "Traceback" not in err
+    assert line.startswith(f"torchmdn {command}: error: "), line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+# ---------------------------------------------------------------------- happy paths
+
+
+def test_help_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "torchmdn", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("fit", "predict", "sample", "evaluate"):
+        assert command in proc.stdout
+
+
+def test_fit_writes_a_loadable_model(tmp_path, data, capsys):
+    out = tmp_path / "m.safetensors"
+    rc = main(["fit", str(data), "--target", "y", *FIT, "-o", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    assert re.search(r"trained 3 epochs .*validation NLL -?\d+\.\d+", stdout), stdout
+    assert str(out) in stdout
+    m = torchmdn.load(out)
+    assert m.feature_names == ["x1", "x2", "z"]
+    assert m.target_names == ["y"]
+    assert m.config()["hidden"] == [8]
+    assert m.config()["n_components"] == 2
+    assert bool(m.standardized)
+    assert m.metadata["rows"] == ROWS
+    assert m.metadata["trained_on"] == str(data)
+
+
+def test_fit_is_reproducible_with_the_same_seed(tmp_path, data):
+    paths = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        out = tmp_path / f"{name}.safetensors"
+        assert _run_quietly(["fit", str(data), "--target", "y", *FIT, "--seed", seed, "-o", str(out)]) == 0
+        paths.append(out)
+    sd = [torchmdn.load(p).state_dict() for p in paths]
+    w = "head.linear.weight"
+    assert (sd[0][w] == sd[1][w]).all()
+    assert not (sd[0][w] == sd[2][w]).all()
+
+
+def test_predict_to_a_file(tmp_path, model, data, capsys):
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(model), str(data), "-o", str(out)]) == 0
+    header, rows = _read(out)
+    assert header == ["y_mean", "y_std"]
+    assert len(rows) == ROWS
+    values = [float(v) for r in rows for v in r]
+    assert all(math.isfinite(v) for v in values)
+    assert all(float(r[1]) > 0 for r in rows)
+    assert capsys.readouterr().out == ""
+
+
+def test_predict_to_stdout(model, data, capsys):
+    assert main(["predict", str(model), str(data)]) == 0
+    header, rows = _read_text(capsys.readouterr().out)
+    assert header == ["y_mean", "y_std"]
+    assert len(rows) == ROWS
+
+
+def _read_text(text: str) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(io.StringIO(text)))
+    return rows[0], rows[1:]
+
+
+def _sample(model: Path, data: Path, out: Path, *extra: str) -> tuple[list[str], list[list[str]]]:
+    assert main(["sample", str(model), str(data), "-o", str(out), *extra]) == 0
+    return _read(out)
+
+
+def test_sample_three_per_row(tmp_path, model, data):
+    header, rows = _sample(model, data, tmp_path / "s.csv", "-n", "3")
+    assert header == ["row", "draw", "y"]
+    assert len(rows) == ROWS * 3
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(i, k) for i in range(ROWS) for k in range(3)]
+    assert all(math.isfinite(float(r[2])) for r in rows)
+    assert len({r[2] for r in rows}) > ROWS  # real draws, not one value per row
+
+
+def test_sample_seed(tmp_path, model, data):
+    a = _sample(model, data, tmp_path / "a.csv", "-n", "3", "--seed", "7")
+    b = _sample(model, data, tmp_path / "b.csv", "-n", "3", "--seed", "7")
+    c = _sample(model, data, tmp_path / "c.csv", "-n", "3", "--seed", "8")
+    assert a == b
+    assert a[1] != c[1]
+
+
+def test_sample_to_stdout(model, data, capsys):
+    assert main(["sample", str(model), str(data), "-n", "2"]) == 0
+    header, rows = _read_text(capsys.readouterr().out)
+    assert header == ["row", "draw", "y"]
+    assert len(rows) == ROWS * 2
+
+
+def test_evaluate_prints_mean_nll(model, data, capsys):
+    assert main(["evaluate", str(model), str(data)]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"mean NLL (\S+) nats over (\d+) rows", out)
+    assert m, out
+    assert math.isfinite(float(m.group(1)))
+    assert int(m.group(2)) == ROWS
+
+
+def test_evaluate_with_explicit_target(tmp_path, model, data, capsys):
+    # the target column may be renamed in the test file
+    header, rows = _read(data)
+    renamed = _write_csv(tmp_path / "t.csv", ["x1", "x2", "truth", "z"], rows)
+    assert main(["evaluate", str(model), str(renamed), "--target", "truth"]) == 0
+    assert "mean NLL" in capsys.readouterr().out
+
+
+def test_multi_target_full_covariance(tmp_path, data, capsys):
+    model = tmp_path / "full.safetensors"
+    assert _run_quietly(["fit", str(data), "--target", "y,z", "--covariance", "full", *FIT,
+                         "-o", str(model)]) == 0
+    m = torchmdn.load(model)
+    assert m.config()["covariance"] == "full"
+    assert m.target_names == ["y", "z"]
+    assert m.feature_names == ["x1", "x2"]
+
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(model), str(data), "-o", str(out)]) == 0
+    header, rows = _read(out)
+    assert header == ["y_mean", "z_mean", "y_std", "z_std"]
+    assert len(rows) == ROWS
+    assert all(math.isfinite(float(v)) for r in rows for v in r)
+
+    header, rows = _sample(model, data, tmp_path / "s.csv", "-n", "3")
+    assert header == ["row", "draw", "y", "z"]
+    assert len(rows) == ROWS * 3
+
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(data)]) == 0
+    m = re.search(r"mean NLL (\S+) nats", capsys.readouterr().out)
+    assert m and math.isfinite(float(m.group(1)))
+
+
+def test_features_selection(tmp_path, data, capsys):
+    model = tmp_path / "f.safetensors"
+    assert _run_quietly(["fit", str(data), "--target", "y", "--features", "x1, x2", *FIT,
+                         "-o", str(model)]) == 0
+    m = torchmdn.load(model)
+    assert m.feature_names == ["x1", "x2"]
+    assert m.in_features == 2
+    # a CSV with only the chosen features (in another order) is enough to predict
+    header, rows = _read(data)
+    only = _write_csv(tmp_path / "only.csv", ["x2", "x1"], [[r[1], r[0]] for r in rows])
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(model), str(only), "-o", str(out)]) == 0
+    assert len(_read(out)[1]) == ROWS
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_other_delimiters(tmp_path, delimiter, capsys):
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "y", "z"], _rows(), delimiter=delimiter)
+    model = tmp_path / "m.safetensors"
+    assert _run_quietly(["fit", str(data), "--target", "y", *FIT, "-o", str(model)]) == 0
+    assert torchmdn.load(model).feature_names == ["x1", "x2", "z"]
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(model), str(data), "-o", str(out)]) == 0
+    assert len(_read(out)[1]) == ROWS
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_missing_data_file(tmp_path, capsys):
+    path = tmp_path / "nope.csv"
+    rc = main(["fit", str(path), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "not found", str(path))
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_missing_data_file_for_predict(tmp_path, model, capsys):
+    path = tmp_path / "nope.csv"
+    rc = main(["predict", str(model), str(path)])
+    _one_error_line(capsys, rc, "predict", "not found", str(path))
+
+
+def test_unknown_target_column(tmp_path, data, capsys):
+    rc = main(["fit", str(data), "--target", "price", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "price", "x1")
+
+
+def test_unknown_feature_column(tmp_path, data, capsys):
+    rc = main(["fit", str(data), "--target", "y", "--features", "x1,size",
+               "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "size")
+
+
+def test_non_numeric_value_names_line_and_column(tmp_path, capsys):
+    rows = _rows(20)
+    rows[4][1] = "blue"  # line 6 of the file (header is line 1)
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "y", "z"], rows)
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "line 6", "'x2'", "'blue'", "not a number")
+
+
+@pytest.mark.parametrize("cell", ["", "NA", "nan", "  "])
+def test_missing_value(tmp_path, cell, capsys):
+    rows = _rows(20)
+    rows[9][2] = cell  # line 11, target column
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "y", "z"], rows)
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "line 11", "'y'", "missing value")
+
+
+def test_infinite_value(tmp_path, capsys):
+    rows = _rows(20)
+    rows[0][0] = "inf"
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "y", "z"], rows)
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "line 2", "'x1'", "not finite")
+
+
+def test_missing_value_at_predict_time(tmp_path, model, capsys):
+    rows = _rows(5)
+    rows[2][0] = "NA"
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "y", "z"], rows)
+    rc = main(["predict", str(model), str(data)])
+    _one_error_line(capsys, rc, "predict", "line 4", "'x1'", "missing value")
+
+
+def test_header_but_no_rows(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("x1,x2,y\n")
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "no data rows")
+
+
+def test_empty_file(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("")
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "empty")
+
+
+def test_ragged_row(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("x1,x2,y\n1,2,3\n4,5,6\n7,8\n")
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "line 4", "2 fields", "3")
+
+
+def test_model_file_does_not_exist(tmp_path, data, capsys):
+    path = tmp_path / "nope.safetensors"
+    for command in ("predict", "sample", "evaluate"):
+        rc = main([command, str(path), str(data)])
+        _one_error_line(capsys, rc, command, "not found", str(path))
+
+
+def test_model_file_is_not_a_model(tmp_path, data, capsys):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x00" * 7 + b"definitely not a model")
+    rc = main(["predict", str(path), str(data)])
+    _one_error_line(capsys, rc, "predict", str(path))
+
+
+def test_model_on_a_csv_lacking_its_features(tmp_path, model, capsys):
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "y"], [r[:3] for r in _rows(5)])
+    for command in ("predict", "sample", "evaluate"):
+        rc = main([command, str(model), str(data)])
+        line = _one_error_line(capsys, rc, command, "'z'")
+        assert "x1', 'x2', 'z" in line  # names what the model expects
+
+
+def test_evaluate_on_a_csv_lacking_the_target(tmp_path, model, capsys):
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "z"], [[r[0], r[1], r[3]] for r in _rows(5)])
+    rc = main(["evaluate", str(model), str(data)])
+    _one_error_line(capsys, rc, "evaluate", "'y'")
+
+
+def test_evaluate_with_the_wrong_number_of_targets(model, data, capsys):
+    rc = main(["evaluate", str(model), str(data), "--target", "y,z"])
+    _one_error_line(capsys, rc, "evaluate", "1 target")
+
+
+def test_constant_target_column(tmp_path, capsys):
+    rows = _rows(20)
+    for r in rows:
+        r[2] = "3.5"
+    data = _write_csv(tmp_path / "d.csv", ["x1", "x2", "y", "z"], rows)
+    out = tmp_path / "m.safetensors"
+    rc = main(["fit", str(data), "--target", "y", *FIT, "-o", str(out)])
+    _one_error_line(capsys, rc, "fit", "constant")
+    assert not out.exists()
+
+
+def test_sample_n_must_be_positive(model, data, capsys):
+    rc = main(["sample", str(model), str(data), "-n", "0"])
+    _one_error_line(capsys, rc, "sample", "-n")
+
+
+def test_no_feature_columns_left(tmp_path, capsys):
+    data = _write_csv(tmp_path / "d.csv", ["y"], [[str(i)] for i in range(20)])
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "--features")
+
+
+def test_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit"])
+    assert info.value.code == 2
+    assert "--target" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- known bugs
+
+
+@pytest.mark.xfail(strict=True, reason="cli.read_csv drops blank lines before numbering rows, so "
+                   "error line numbers after a blank line are too small")
+def test_line_numbers_count_blank_lines(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n1,2\n\n3,abc\n")
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", "line 4")
+
+
+@pytest.mark.xfail(strict=True, reason="cli.read_csv opens the file without encoding='utf-8-sig', "
+                   "so a UTF-8 BOM (Excel's 'CSV UTF-8') sticks to the first column name")
+def test_utf8_bom_header(tmp_path, capsys):
+    rows = _rows()
+    data = tmp_path / "d.csv"
+    data.write_bytes(b"\xef\xbb\xbfx1,x2,y,z\n" + "".join(
+        ",".join(r) + "\n" for r in rows).encode())
+    rc = _run_quietly(["fit", str(data), "--target", "x1", *FIT, "-o", str(tmp_path / "m.st")])
+    assert rc == 0, capsys.readouterr().err
+
+
+@pytest.mark.xfail(strict=True, reason="cli: a CSV that is not UTF-8 raises UnicodeDecodeError "
+                   "(a ValueError, not OSError/TorchMDNError), so main prints a traceback")
+def test_non_utf8_file(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_bytes(b"x,y\n1,2\n3,\xe9\n")
+    rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
+    _one_error_line(capsys, rc, "fit", str(data))
