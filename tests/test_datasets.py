@@ -12,7 +12,7 @@ from torchmdn.errors import InputError
 def test_bishop_shapes_ranges_and_seed():
     x, t = datasets.bishop(1000, seed=3)
     assert x.shape == t.shape == (1000, 1) and x.dtype == torch.float32
-    assert 0 <= t.min() and t.max() <= 1
+    assert t.min() >= 0 and t.max() <= 1
     resid = x - (t + 0.3 * torch.sin(2 * math.pi * t))
     assert resid.abs().max() <= 0.1 + 1e-6
     assert torch.equal(datasets.bishop(1000, seed=3)[0], x)

@@ -21,9 +21,13 @@ def make(kind, batch, n, d, dtype=F64, scale_range=(0.2, 1.5), seed=0):
     loc = 2 * torch.randn(*batch, n, d, generator=g, dtype=dtype)
     lo, hi = scale_range
     if kind == "diagonal":
-        return GaussianMixture(logits, loc, scale=lo + (hi - lo) * torch.rand(*batch, n, d, generator=g, dtype=dtype))
+        return GaussianMixture(
+            logits, loc, scale=lo + (hi - lo) * torch.rand(*batch, n, d, generator=g, dtype=dtype)
+        )
     if kind == "isotropic":
-        return GaussianMixture(logits, loc, scale=lo + (hi - lo) * torch.rand(*batch, n, generator=g, dtype=dtype))
+        return GaussianMixture(
+            logits, loc, scale=lo + (hi - lo) * torch.rand(*batch, n, generator=g, dtype=dtype)
+        )
     a = torch.randn(*batch, n, d, d, generator=g, dtype=dtype)
     cov = a @ a.mT / d + lo**2 * torch.eye(d, dtype=dtype)
     return GaussianMixture(logits, loc, scale_tril=torch.linalg.cholesky(cov))
@@ -55,7 +59,12 @@ def test_log_prob_against_scipy():
     y = torch.tensor([[0.3, -1.0], [2.0, 1.0]], dtype=F64)
     w = gm.probs.numpy()
     cov = gm.component_covariance.numpy()
-    want = np.log(sum(w[i] * stats.multivariate_normal(gm.loc[i].numpy(), cov[i]).pdf(y.numpy()) for i in range(3)))
+    want = np.log(
+        sum(
+            w[i] * stats.multivariate_normal(gm.loc[i].numpy(), cov[i]).pdf(y.numpy())
+            for i in range(3)
+        )
+    )
     np.testing.assert_allclose(gm.log_prob(y).numpy(), want, rtol=1e-10)
 
 
@@ -80,7 +89,9 @@ def test_sample_moments_within_monte_carlo_tolerance(kind):
     assert ((s.mean(0) - gm.mean).abs() <= 5 * sd / math.sqrt(n)).all()
     emp = torch.einsum("nbi,nbj->bij", s - s.mean(0), s - s.mean(0)) / (n - 1)
     # covariance entries: standard error about sqrt(E[(xi xj)^2]/n); a 3% relative band is > 5 SE here
-    torch.testing.assert_close(emp, gm.covariance_matrix, rtol=0.03, atol=0.03 * sd.max().item() ** 2)
+    torch.testing.assert_close(
+        emp, gm.covariance_matrix, rtol=0.03, atol=0.03 * sd.max().item() ** 2
+    )
 
 
 def test_sample_component_frequencies_match_weights():
@@ -88,7 +99,13 @@ def test_sample_component_frequencies_match_weights():
     loc = torch.tensor([[-100.0], [0.0], [100.0]], dtype=F64)
     gm = GaussianMixture(logits, loc, scale=torch.ones(3, 1, dtype=F64))
     s = gm.sample((100_000,), generator=torch.Generator().manual_seed(0))
-    freq = torch.stack([(s < -50).double().mean(), ((s > -50) & (s < 50)).double().mean(), (s > 50).double().mean()])
+    freq = torch.stack(
+        [
+            (s < -50).double().mean(),
+            ((s > -50) & (s < 50)).double().mean(),
+            (s > 50).double().mean(),
+        ]
+    )
     # binomial standard error <= 0.0016; 5 SE
     torch.testing.assert_close(freq, torch.tensor([0.1, 0.6, 0.3], dtype=F64), atol=0.008, rtol=0)
 
@@ -130,9 +147,13 @@ def test_affine_is_exact_change_of_units():
         t = gm.affine(a, b)
         y = gm.sample((6,))
         # change of variables: log p_T(a y + b) = log p(y) - sum log|a|
-        torch.testing.assert_close(t.log_prob(a * y + b), gm.log_prob(y) - a.abs().log().sum(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            t.log_prob(a * y + b), gm.log_prob(y) - a.abs().log().sum(), rtol=1e-12, atol=1e-12
+        )
         torch.testing.assert_close(t.mean, a * gm.mean + b)
-        torch.testing.assert_close(t.covariance_matrix, gm.covariance_matrix * a[:, None] * a[None, :])
+        torch.testing.assert_close(
+            t.covariance_matrix, gm.covariance_matrix * a[:, None] * a[None, :]
+        )
     iso = make("isotropic", (), 2, 3)
     assert iso.affine(2.0, 1.0).covariance_type == "isotropic"
     assert iso.affine(torch.tensor([1.0, 2.0, 3.0], dtype=F64)).covariance_type == "diagonal"
@@ -164,12 +185,16 @@ def test_broadcasting_parameters():
     loc = torch.randn(5, 3, 2)
     gm = GaussianMixture(torch.zeros(3), loc, scale=torch.ones(3, 2))  # shared logits and scales
     assert gm.batch_shape == (5,)
-    torch.testing.assert_close(gm.log_prob(torch.zeros(5, 2)), gm.to_torch().log_prob(torch.zeros(5, 2)))
+    torch.testing.assert_close(
+        gm.log_prob(torch.zeros(5, 2)), gm.to_torch().log_prob(torch.zeros(5, 2))
+    )
 
 
 def test_n_equals_d_scale_is_resolved_by_rank():
     loc = torch.randn(3, 3)
-    assert GaussianMixture(torch.zeros(3), loc, scale=torch.ones(3, 3)).covariance_type == "diagonal"
+    assert (
+        GaussianMixture(torch.zeros(3), loc, scale=torch.ones(3, 3)).covariance_type == "diagonal"
+    )
     assert GaussianMixture(torch.zeros(3), loc, scale=torch.ones(3)).covariance_type == "isotropic"
 
 
@@ -185,7 +210,9 @@ def test_extreme_scales_stay_finite_and_exact(kind, scale):
 
 
 def test_log_prob_far_from_every_component_is_finite():
-    gm = GaussianMixture(torch.zeros(2), torch.tensor([[0.0], [1.0]]), scale=torch.full((2, 1), 0.01))
+    gm = GaussianMixture(
+        torch.zeros(2), torch.tensor([[0.0], [1.0]]), scale=torch.full((2, 1), 0.01)
+    )
     lp = gm.log_prob(torch.tensor([[50.0]]))
     assert torch.isfinite(lp).all() and lp.item() < -1e6
 
@@ -203,16 +230,51 @@ def test_float32_gradients_flow_to_every_parameter():
     "kwargs, match",
     [
         (dict(logits=torch.zeros(3), loc=torch.zeros(3, 2)), "exactly one of"),
-        (dict(logits=torch.zeros(3), loc=torch.zeros(3), scale=torch.ones(3)), "loc must have shape"),
-        (dict(logits=torch.zeros(2), loc=torch.zeros(3, 2), scale=torch.ones(3, 2)), "logits must have shape"),
-        (dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale=torch.ones(3, 5)), "scale must have shape"),
-        (dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale_tril=torch.ones(3, 2)), "scale_tril must have shape"),
-        (dict(logits=torch.zeros(4, 3), loc=torch.zeros(5, 3, 2), scale=torch.ones(3, 2)), "do not broadcast"),
+        (
+            dict(logits=torch.zeros(3), loc=torch.zeros(3), scale=torch.ones(3)),
+            "loc must have shape",
+        ),
+        (
+            dict(logits=torch.zeros(2), loc=torch.zeros(3, 2), scale=torch.ones(3, 2)),
+            "logits must have shape",
+        ),
+        (
+            dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale=torch.ones(3, 5)),
+            "scale must have shape",
+        ),
+        (
+            dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale_tril=torch.ones(3, 2)),
+            "scale_tril must have shape",
+        ),
+        (
+            dict(logits=torch.zeros(4, 3), loc=torch.zeros(5, 3, 2), scale=torch.ones(3, 2)),
+            "do not broadcast",
+        ),
         (dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale=-torch.ones(3, 2)), "positive"),
-        (dict(logits=torch.zeros(3), loc=torch.full((3, 2), math.nan), scale=torch.ones(3, 2)), "finite"),
-        (dict(logits=torch.tensor([0.0, math.nan, 0.0]), loc=torch.zeros(3, 2), scale=torch.ones(3, 2)), "NaN"),
-        (dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale_tril=torch.ones(3, 2, 2)), "lower triangular"),
-        (dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale_tril=-torch.eye(2).expand(3, 2, 2)), "positive diagonal"),
+        (
+            dict(logits=torch.zeros(3), loc=torch.full((3, 2), math.nan), scale=torch.ones(3, 2)),
+            "finite",
+        ),
+        (
+            dict(
+                logits=torch.tensor([0.0, math.nan, 0.0]),
+                loc=torch.zeros(3, 2),
+                scale=torch.ones(3, 2),
+            ),
+            "NaN",
+        ),
+        (
+            dict(logits=torch.zeros(3), loc=torch.zeros(3, 2), scale_tril=torch.ones(3, 2, 2)),
+            "lower triangular",
+        ),
+        (
+            dict(
+                logits=torch.zeros(3),
+                loc=torch.zeros(3, 2),
+                scale_tril=-torch.eye(2).expand(3, 2, 2),
+            ),
+            "positive diagonal",
+        ),
     ],
 )
 def test_bad_parameters_raise_clear_errors(kwargs, match):
@@ -221,7 +283,9 @@ def test_bad_parameters_raise_clear_errors(kwargs, match):
 
 
 def test_validation_can_be_switched_off_per_instance():
-    gm = GaussianMixture(torch.zeros(2), torch.zeros(2, 1), scale=-torch.ones(2, 1), validate_args=False)
+    gm = GaussianMixture(
+        torch.zeros(2), torch.zeros(2, 1), scale=-torch.ones(2, 1), validate_args=False
+    )
     assert gm.batch_shape == ()
 
 

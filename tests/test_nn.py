@@ -48,7 +48,9 @@ def test_min_scale_is_a_real_floor(kind):
 def test_head_full_builds_valid_cholesky_factor():
     head = MDNHead(4, 3, 2, covariance="full")
     gm = head(torch.randn(6, 4))
-    GaussianMixture(gm.logits, gm.loc, scale_tril=gm.scale_tril, validate_args=True)  # must not raise
+    GaussianMixture(
+        gm.logits, gm.loc, scale_tril=gm.scale_tril, validate_args=True
+    )  # must not raise
 
 
 def test_head_initial_mixture_is_spread_with_equal_weights():
@@ -89,7 +91,9 @@ def test_mdn_output_is_in_user_units():
     want = z.log_prob((y[:7] - model.y_loc) / model.y_scale) - model.y_scale.log().sum()
     torch.testing.assert_close(model.log_prob(x[:7], y[:7]), want)
     torch.testing.assert_close(dist.log_prob(y[:7]), want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(dist.mean, z.mean * model.y_scale + model.y_loc, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(
+        dist.mean, z.mean * model.y_scale + model.y_loc, rtol=1e-5, atol=1e-3
+    )
 
 
 def test_mdn_standardize_rejects_constant_target_and_tolerates_constant_feature():
@@ -114,8 +118,17 @@ def test_mdn_shape_errors_name_the_remedy():
 
 
 def test_mdn_config_round_trip():
-    model = MDN(3, 2, n_components=4, hidden=(8, 6), covariance="full", activation="silu",
-                min_scale=0.01, feature_names=["a", "b", "c"], target_names=["u", "v"])
+    model = MDN(
+        3,
+        2,
+        n_components=4,
+        hidden=(8, 6),
+        covariance="full",
+        activation="silu",
+        min_scale=0.01,
+        feature_names=["a", "b", "c"],
+        target_names=["u", "v"],
+    )
     clone = MDN(**model.config())
     assert clone.config() == model.config()
     assert sum(p.numel() for p in clone.parameters()) == sum(p.numel() for p in model.parameters())
@@ -123,6 +136,8 @@ def test_mdn_config_round_trip():
 
 def test_mdn_works_in_float64():
     model = MDN(2, 2, n_components=3, hidden=(8,), covariance="full").double()
-    lp = model.log_prob(torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    lp = model.log_prob(
+        torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    )
     assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
     assert math.isfinite(lp.sum().item())

@@ -52,7 +52,7 @@ def test_fit_is_reproducible_and_leaves_global_rng_alone():
         runs.append((h.train_nll, [p.clone() for p in model.parameters()]))
     assert torch.equal(torch.get_rng_state(), state)
     assert runs[0][0] == runs[1][0]
-    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=False))
     other = fit(small_model(), x, y, max_epochs=5, progress=False, random_state=4)
     assert other.train_nll != runs[0][0]
 
@@ -60,13 +60,22 @@ def test_fit_is_reproducible_and_leaves_global_rng_alone():
 def test_fit_accepts_numpy_and_1d_arrays():
     x, y = small_data()
     model = MDN(1, 1, n_components=2, hidden=(8,))
-    h = fit(model, x[:, 0].numpy(), y[:, 0].numpy().astype(np.float64), max_epochs=3, progress=False)
+    h = fit(
+        model, x[:, 0].numpy(), y[:, 0].numpy().astype(np.float64), max_epochs=3, progress=False
+    )
     assert h.epochs == 3
 
 
 def test_fit_with_explicit_validation_data_and_no_validation():
     x, y = small_data()
-    h = fit(small_model(), x[:200], y[:200], validation_data=(x[200:], y[200:]), max_epochs=3, progress=False)
+    h = fit(
+        small_model(),
+        x[:200],
+        y[:200],
+        validation_data=(x[200:], y[200:]),
+        max_epochs=3,
+        progress=False,
+    )
     assert len(h.val_nll) == 3
     h = fit(small_model(), x, y, validation_fraction=0.0, max_epochs=3, progress=False)
     assert h.val_nll == [] and h.best_val_nll == min(h.train_nll)
@@ -88,7 +97,9 @@ def test_fit_trains_any_module_that_returns_a_distribution():
 
         def forward(self, x):
             loc, raw = self.lin(x).chunk(2, -1)
-            return torch.distributions.Independent(torch.distributions.Normal(loc, nn.functional.softplus(raw) + 1e-3), 1)
+            return torch.distributions.Independent(
+                torch.distributions.Normal(loc, nn.functional.softplus(raw) + 1e-3), 1
+            )
 
     x, y = small_data()
     h = fit(Gaussian(), x, y, max_epochs=20, progress=False)
@@ -110,7 +121,9 @@ def test_non_finite_loss_stops_with_a_clear_error_and_restores_the_model():
 
         def forward(self, x):
             scale = torch.log(self.w - 10).expand(len(x), 1)  # NaN for every w < 10
-            return torch.distributions.Independent(torch.distributions.Normal(x[:, :1], scale, validate_args=False), 1)
+            return torch.distributions.Independent(
+                torch.distributions.Normal(x[:, :1], scale, validate_args=False), 1
+            )
 
     x, y = small_data()
     model = Broken()
@@ -128,7 +141,12 @@ def test_non_finite_loss_stops_with_a_clear_error_and_restores_the_model():
         (np.array([["a", "b"]] * 10), torch.zeros(10, 1), {}, "numbers"),
         (torch.zeros(10, 2), torch.zeros(10, 1), {"max_epochs": 0}, "max_epochs"),
         (torch.zeros(10, 2), torch.zeros(10, 1), {"lr": -1.0}, "lr"),
-        (torch.zeros(10, 2), torch.zeros(10, 1), {"validation_fraction": 1.5}, "validation_fraction"),
+        (
+            torch.zeros(10, 2),
+            torch.zeros(10, 1),
+            {"validation_fraction": 1.5},
+            "validation_fraction",
+        ),
         (torch.zeros(3, 2), torch.zeros(3, 1), {"validation_fraction": 0.1}, "empty"),
         (torch.randn(10, 2), torch.ones(10, 1), {}, "constant"),
         (torch.randn(10, 3), torch.randn(10, 1), {}, r"\(\.\.\., 2\)"),

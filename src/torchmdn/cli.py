@@ -50,7 +50,9 @@ def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def columns(path: str | Path, header: list[str], body: list[list[str]], names: Sequence[str]) -> torch.Tensor:
+def columns(
+    path: str | Path, header: list[str], body: list[list[str]], names: Sequence[str]
+) -> torch.Tensor:
     """The named columns as a float64 tensor ``(rows, len(names))``, with clear errors."""
     unknown = [n for n in names if n not in header]
     if unknown:
@@ -73,12 +75,19 @@ def columns(path: str | Path, header: list[str], body: list[list[str]], names: S
                     "Use only numeric columns (encode categories first)."
                 ) from None
             if not math.isfinite(value):
-                raise InputError(f"{path}, line {i + 2}, column {names[j]!r}: {cell!r} is not finite")
+                raise InputError(
+                    f"{path}, line {i + 2}, column {names[j]!r}: {cell!r} is not finite"
+                )
             out[i, j] = value
     return out
 
 
-def write_csv(path: str | Path | None, header: list[str], rows: torch.Tensor, lead: list[list[str]] | None = None) -> None:
+def write_csv(
+    path: str | Path | None,
+    header: list[str],
+    rows: torch.Tensor,
+    lead: list[list[str]] | None = None,
+) -> None:
     """Write rows (optionally prefixed by string columns) to ``path`` or stdout."""
     f = sys.stdout if path is None else open(path, "w", newline="")  # noqa: SIM115
     try:
@@ -115,7 +124,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     header, body = read_csv(args.data)
     targets = _split_names(args.target)
-    features = _split_names(args.features) if args.features else [c for c in header if c not in targets]
+    features = (
+        _split_names(args.features) if args.features else [c for c in header if c not in targets]
+    )
     if not targets:
         raise InputError("--target names no column")
     if not features:
@@ -125,9 +136,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(args.seed)
-        model = MDN(len(features), len(targets), n_components=args.components, hidden=hidden,
-                    covariance=args.covariance, feature_names=features, target_names=targets)
-    history = fit(model, x, y, max_epochs=args.epochs, random_state=args.seed, progress=not args.quiet)
+        model = MDN(
+            len(features),
+            len(targets),
+            n_components=args.components,
+            hidden=hidden,
+            covariance=args.covariance,
+            feature_names=features,
+            target_names=targets,
+        )
+    history = fit(
+        model, x, y, max_epochs=args.epochs, random_state=args.seed, progress=not args.quiet
+    )
     save(model, args.output, metadata={"trained_on": str(args.data), "rows": len(x)})
     val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
     print(f"trained {history.epochs} epochs in {history.time_s:.1f} s{val}; wrote {args.output}")
@@ -217,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     f.set_defaults(run=_cmd_fit)
 
-    for name, fn, helptext in (("predict", _cmd_predict, "mean and standard deviation per target"),
-                               ("sample", _cmd_sample, "draw samples of the targets"),
-                               ("evaluate", _cmd_evaluate, "mean test NLL in nats")):
+    for name, fn, helptext in (
+        ("predict", _cmd_predict, "mean and standard deviation per target"),
+        ("sample", _cmd_sample, "draw samples of the targets"),
+        ("evaluate", _cmd_evaluate, "mean test NLL in nats"),
+    ):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("model", help="model file written by 'torchmdn fit'")
         c.add_argument("data", help="CSV file with the model's feature columns")

@@ -14,7 +14,14 @@ from torch import Tensor
 from .distributions import GaussianMixture
 from .errors import InputError
 
-__all__ = ["bishop", "bishop_branches", "bishop_log_prob", "BISHOP_ENTROPY", "rotating_pair", "rotating_pair_density"]
+__all__ = [
+    "bishop",
+    "bishop_branches",
+    "bishop_log_prob",
+    "BISHOP_ENTROPY",
+    "rotating_pair",
+    "rotating_pair_density",
+]
 
 #: Exact conditional entropy H(t | x) of :func:`bishop` in nats, the floor on its expected
 #: test NLL: ``log 0.2 - H(x)`` with ``H(x)`` integrated numerically (the test suite checks
@@ -54,7 +61,9 @@ def bishop_log_prob(x: Tensor, t: Tensor, grid: int = 200_001) -> Tensor:
     s = torch.linspace(0, 1, grid, dtype=torch.float64)
     g_sorted = (s + 0.3 * torch.sin(2 * math.pi * s)).sort().values
     xd, td = x.double().squeeze(-1), t.double().squeeze(-1)
-    z = (torch.searchsorted(g_sorted, xd + 0.1) - torch.searchsorted(g_sorted, xd - 0.1)).double() / grid
+    z = (
+        torch.searchsorted(g_sorted, xd + 0.1) - torch.searchsorted(g_sorted, xd - 0.1)
+    ).double() / grid
     inside = (xd - (td + 0.3 * torch.sin(2 * math.pi * td))).abs() < 0.1
     inside &= (td >= 0) & (td <= 1)
     return torch.where(inside, -torch.log(z), torch.full_like(z, -math.inf))

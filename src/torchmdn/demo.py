@@ -49,16 +49,22 @@ def bishop_demo(out: str | Path = "demo-out", seed: int = 0, progress: bool = Tr
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     bx, bt = bishop_branches()
-    conditional_density(model, (-0.15, 1.15), (-0.05, 1.05), data=(x_te, t_te),
-                        curves=[(bx, bt, "true branches")], ax=ax)
+    conditional_density(
+        model,
+        (-0.15, 1.15),
+        (-0.05, 1.05),
+        data=(x_te, t_te),
+        curves=[(bx, bt, "true branches")],
+        ax=ax,
+    )
     ax.set_xlabel("x")
     ax.set_ylabel("t")
-    ax.set_title(
-        f"Bishop's inverse problem: test NLL {test_nll:.3f} nats (floor {BISHOP_ENTROPY})"
-    )
+    ax.set_title(f"Bishop's inverse problem: test NLL {test_nll:.3f} nats (floor {BISHOP_ENTROPY})")
     fig.tight_layout()
     figure = out / "bishop.png"
     fig.savefig(figure, dpi=120)
     plt.close(fig)
-    model_path = save(model, out / "bishop.safetensors", metadata={"data": "bishop(3000, seed)[:2000]"})
+    model_path = save(
+        model, out / "bishop.safetensors", metadata={"data": "bishop(3000, seed)[:2000]"}
+    )
     return DemoResult(test_nll, BISHOP_ENTROPY, history, figure, model_path)

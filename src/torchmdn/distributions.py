@@ -205,7 +205,10 @@ class GaussianMixture(Distribution):
 
     @property
     def arg_constraints(self) -> dict[str, constraints.Constraint]:  # type: ignore[override]
-        out = {"logits": constraints.real_vector, "loc": constraints.independent(constraints.real, 2)}
+        out = {
+            "logits": constraints.real_vector,
+            "loc": constraints.independent(constraints.real, 2),
+        }
         if self._kind == _FULL:
             out["scale_tril"] = constraints.lower_cholesky
         else:
@@ -306,7 +309,7 @@ class GaussianMixture(Distribution):
 
     def sample(
         self,
-        sample_shape: torch.Size | Sequence[int] = torch.Size(),
+        sample_shape: torch.Size | Sequence[int] = (),
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -419,11 +422,13 @@ class GaussianMixture(Distribution):
         new._kind = self._kind
         new.logits = self.logits.expand(batch_shape + (n,))
         new.loc = self.loc.expand(batch_shape + (n, d))
-        new.scale = None if self.scale is None else self.scale.expand(
-            batch_shape + self.scale.shape[len(self.batch_shape):]
+        new.scale = (
+            None
+            if self.scale is None
+            else self.scale.expand(batch_shape + self.scale.shape[len(self.batch_shape) :])
         )
-        new.scale_tril = None if self.scale_tril is None else self.scale_tril.expand(
-            batch_shape + (n, d, d)
+        new.scale_tril = (
+            None if self.scale_tril is None else self.scale_tril.expand(batch_shape + (n, d, d))
         )
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -434,4 +439,3 @@ class GaussianMixture(Distribution):
             f"GaussianMixture(batch_shape={tuple(self.batch_shape)}, n_components="
             f"{self.n_components}, d={self.event_shape[0]}, covariance={self._kind!r})"
         )
-

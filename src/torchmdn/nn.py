@@ -43,15 +43,18 @@ def _softplus_inverse(x: Tensor) -> Tensor:
 class MLP(nn.Sequential):
     """A plain multilayer perceptron: ``Linear -> activation`` for each hidden width."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh"):
+    def __init__(
+        self, in_features: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh"
+    ):
         if activation not in ACTIVATIONS:
-            raise InputError(
-                f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}"
-            )
+            raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
         layers: list[nn.Module] = []
         width = _check_positive_int("in_features", in_features)
         for h in hidden:
-            layers += [nn.Linear(width, _check_positive_int("hidden width", h)), ACTIVATIONS[activation]()]
+            layers += [
+                nn.Linear(width, _check_positive_int("hidden width", h)),
+                ACTIVATIONS[activation](),
+            ]
             width = h
         super().__init__(*layers)
         self.in_features = in_features
@@ -86,7 +89,9 @@ class MDNHead(nn.Module):
         super().__init__()
         if covariance not in COVARIANCES:
             raise InputError(f"covariance must be one of {COVARIANCES}; got {covariance!r}")
-        if not (isinstance(min_scale, (int, float)) and math.isfinite(min_scale) and min_scale >= 0):
+        if not (
+            isinstance(min_scale, (int, float)) and math.isfinite(min_scale) and min_scale >= 0
+        ):
             raise InputError(f"min_scale must be a finite number >= 0; got {min_scale!r}")
         self.in_features = _check_positive_int("in_features", in_features)
         self.out_features = d = _check_positive_int("out_features", out_features)
@@ -130,7 +135,9 @@ class MDNHead(nn.Module):
             entries = torch.where(self._tril_is_diag, F.softplus(raw) + self.min_scale, raw)
             flat = raw.new_zeros(raw.shape[:-1] + (d * d,))
             flat = flat.index_copy(-1, self._tril_index, entries)
-            return GaussianMixture(logits, loc, scale_tril=flat.unflatten(-1, (d, d)), validate_args=False)
+            return GaussianMixture(
+                logits, loc, scale_tril=flat.unflatten(-1, (d, d)), validate_args=False
+            )
         scale = F.softplus(raw) + self.min_scale
         if self.covariance == "diagonal":
             scale = scale.unflatten(-1, (n, d))
@@ -181,13 +188,17 @@ class MDN(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = MLP(in_features, tuple(hidden), activation)
-        self.head = MDNHead(self.backbone.out_features, out_features, n_components, covariance, min_scale)
+        self.head = MDNHead(
+            self.backbone.out_features, out_features, n_components, covariance, min_scale
+        )
         self.in_features, self.out_features = in_features, out_features
         self.feature_names = None if feature_names is None else [str(c) for c in feature_names]
         self.target_names = None if target_names is None else [str(c) for c in target_names]
         self.metadata: dict[str, Any] = {}  # free-form, saved by torchmdn.save
-        for names, size, what in ((self.feature_names, in_features, "feature_names"),
-                                  (self.target_names, out_features, "target_names")):
+        for names, size, what in (
+            (self.feature_names, in_features, "feature_names"),
+            (self.target_names, out_features, "target_names"),
+        ):
             if names is not None and len(names) != size:
                 raise InputError(f"{what} must have {size} entries; got {len(names)}: {names}")
         self.register_buffer("x_loc", torch.zeros(in_features))
@@ -199,7 +210,9 @@ class MDN(nn.Module):
     def config(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable (used by :func:`torchmdn.save`)."""
         linears = [m for m in self.backbone if isinstance(m, nn.Linear)]
-        act = next((k for k, v in ACTIVATIONS.items() for m in self.backbone if type(m) is v), "tanh")
+        act = next(
+            (k for k, v in ACTIVATIONS.items() for m in self.backbone if type(m) is v), "tanh"
+        )
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,

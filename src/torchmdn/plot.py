@@ -22,9 +22,7 @@ def require_matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError(
-            "plotting needs matplotlib: pip install 'torchmdn[plot]'"
-        ) from err
+        raise ImportError("plotting needs matplotlib: pip install 'torchmdn[plot]'") from err
     if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo", "ps"):
         import os
 
@@ -77,12 +75,25 @@ def conditional_density(
     # a square-root colour scale capped at the 99th percentile keeps the thin, tall peaks
     # from washing out the rest of the picture
     vmax = torch.quantile(dens.flatten().float(), 0.99).item() or None
-    mesh = ax.pcolormesh(xs.cpu(), ys.cpu(), dens, cmap=cmap, shading="auto",
-                         norm=PowerNorm(0.5, vmin=0.0, vmax=vmax))
+    mesh = ax.pcolormesh(
+        xs.cpu(),
+        ys.cpu(),
+        dens,
+        cmap=cmap,
+        shading="auto",
+        norm=PowerNorm(0.5, vmin=0.0, vmax=vmax),
+    )
     ax.figure.colorbar(mesh, ax=ax, label="p(y | x)")
     if data is not None:
-        ax.scatter(data[0].cpu().flatten(), data[1].cpu().flatten(), s=2, c="cyan", alpha=0.3,
-                   linewidths=0, label="data")
+        ax.scatter(
+            data[0].cpu().flatten(),
+            data[1].cpu().flatten(),
+            s=2,
+            c="cyan",
+            alpha=0.3,
+            linewidths=0,
+            label="data",
+        )
     for cx, cy, label in curves or []:
         ax.plot(cx.cpu(), cy.cpu(), "w--", lw=1.2, label=label)
     ax.set_xlim(*x_range)

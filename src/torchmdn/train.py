@@ -56,7 +56,9 @@ class History:
         return len(self.train_nll)
 
 
-def as_tensor_2d(name: str, value: Any, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+def as_tensor_2d(
+    name: str, value: Any, dtype: torch.dtype, device: torch.device | None = None
+) -> Tensor:
     """Convert array-like data to a finite 2-d tensor ``(rows, columns)``; 1-d means one column."""
     if isinstance(value, Tensor):
         t = value.detach()
@@ -64,7 +66,9 @@ def as_tensor_2d(name: str, value: Any, dtype: torch.dtype, device: torch.device
         try:
             arr = np.asarray(value)
         except Exception as err:  # noqa: BLE001 - anything numpy cannot read is a type error
-            raise InputError(f"{name} must be an array of numbers; got {type(value).__name__}") from err
+            raise InputError(
+                f"{name} must be an array of numbers; got {type(value).__name__}"
+            ) from err
         if arr.dtype.kind not in "biuf":
             raise InputError(
                 f"{name} must contain numbers only; got an array of dtype {arr.dtype}. "
@@ -156,8 +160,12 @@ def fit(
     Returns:
         The :class:`History`; the model is left in its best state, in eval mode.
     """
-    for name, value, lo in (("max_epochs", max_epochs, 1), ("batch_size", batch_size, 1),
-                            ("patience", patience, 1), ("lr_patience", lr_patience, 1)):
+    for name, value, lo in (
+        ("max_epochs", max_epochs, 1),
+        ("batch_size", batch_size, 1),
+        ("patience", patience, 1),
+        ("lr_patience", lr_patience, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise InputError(f"{name} must be an integer >= {lo}; got {value!r}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
