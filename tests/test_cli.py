@@ -390,8 +390,6 @@ def test_usage_error_exits_2(capsys):
 # ---------------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(strict=True, reason="cli.read_csv drops blank lines before numbering rows, so "
-                   "error line numbers after a blank line are too small")
 def test_line_numbers_count_blank_lines(tmp_path, capsys):
     data = tmp_path / "d.csv"
     data.write_text("x,y\n1,2\n\n3,abc\n")
@@ -399,8 +397,6 @@ def test_line_numbers_count_blank_lines(tmp_path, capsys):
     _one_error_line(capsys, rc, "fit", "line 4")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.read_csv opens the file without encoding='utf-8-sig', "
-                   "so a UTF-8 BOM (Excel's 'CSV UTF-8') sticks to the first column name")
 def test_utf8_bom_header(tmp_path, capsys):
     rows = _rows()
     data = tmp_path / "d.csv"
@@ -410,8 +406,6 @@ def test_utf8_bom_header(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="cli: a CSV that is not UTF-8 raises UnicodeDecodeError "
-                   "(a ValueError, not OSError/TorchMDNError), so main prints a traceback")
 def test_non_utf8_file(tmp_path, capsys):
     data = tmp_path / "d.csv"
     data.write_bytes(b"x,y\n1,2\n3,\xe9\n")

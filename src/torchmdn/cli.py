@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,58 +27,75 @@ _MISSING = {"", "na", "nan", "null", "none", "?"}
 # ---------------------------------------------------------------------- CSV at the edge
 
 
-def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a CSV file (delimiter sniffed among ``,``, ``;`` and tab)."""
+@dataclass
+class Table:
+    """A CSV file's header and data rows, with each row's line number for error messages."""
+
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]
+
+
+def read_csv(path: str | Path) -> Table:
+    """Read a CSV file with a header row (delimiter sniffed among ``,``, ``;`` and tab)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"data file not found: {path}")
-    with path.open(newline="") as f:
-        text = f.read()
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
     if not text.strip():
         raise InputError(f"{path} is empty")
     try:
         dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    rows = [r for r in csv.reader(text.splitlines(), dialect) if r]
-    header, body = [h.strip() for h in rows[0]], rows[1:]
-    if not body:
+    reader = csv.reader(io.StringIO(text), dialect)
+    # keep each row's real line number for error messages (blank lines are skipped)
+    numbered = [(reader.line_num, r) for r in reader if r]
+    (_, first), rest = numbered[0], numbered[1:]
+    header = [h.strip() for h in first]
+    if not rest:
         raise InputError(f"{path} has a header but no data rows")
-    for i, r in enumerate(body):
+    for line, r in rest:
         if len(r) != len(header):
             raise InputError(
-                f"{path}, line {i + 2}: {len(r)} fields but the header has {len(header)}"
+                f"{path}, line {line}: {len(r)} fields but the header has {len(header)}"
             )
-    return header, body
+    return Table(path, header, [r for _, r in rest], [line for line, _ in rest])
 
 
-def columns(
-    path: str | Path, header: list[str], body: list[list[str]], names: Sequence[str]
-) -> torch.Tensor:
+def columns(table: Table, names: Sequence[str]) -> torch.Tensor:
     """The named columns as a float64 tensor ``(rows, len(names))``, with clear errors."""
+    path, header, lines = table.path, table.header, table.lines
     unknown = [n for n in names if n not in header]
     if unknown:
         raise InputError(f"{path}: no column named {unknown}; the columns are {header}")
     idx = [header.index(n) for n in names]
-    out = torch.empty(len(body), len(idx), dtype=torch.float64)
-    for i, row in enumerate(body):
+    out = torch.empty(len(table.rows), len(idx), dtype=torch.float64)
+    for i, row in enumerate(table.rows):
         for j, k in enumerate(idx):
             cell = row[k].strip()
             if cell.lower() in _MISSING:
                 raise InputError(
-                    f"{path}, line {i + 2}, column {names[j]!r}: missing value {cell!r}. "
+                    f"{path}, line {lines[i]}, column {names[j]!r}: missing value {cell!r}. "
                     "Drop or impute missing values first."
                 )
             try:
                 value = float(cell)
             except ValueError:
                 raise InputError(
-                    f"{path}, line {i + 2}, column {names[j]!r}: {cell!r} is not a number. "
+                    f"{path}, line {lines[i]}, column {names[j]!r}: {cell!r} is not a number. "
                     "Use only numeric columns (encode categories first)."
                 ) from None
             if not math.isfinite(value):
                 raise InputError(
-                    f"{path}, line {i + 2}, column {names[j]!r}: {cell!r} is not finite"
+                    f"{path}, line {lines[i]}, column {names[j]!r}: {cell!r} is not finite"
                 )
             out[i, j] = value
     return out
@@ -122,17 +141,19 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .nn import MDN
     from .train import fit
 
-    header, body = read_csv(args.data)
+    table = read_csv(args.data)
     targets = _split_names(args.target)
     features = (
-        _split_names(args.features) if args.features else [c for c in header if c not in targets]
+        _split_names(args.features)
+        if args.features
+        else [c for c in table.header if c not in targets]
     )
     if not targets:
         raise InputError("--target names no column")
     if not features:
         raise InputError(f"no feature columns left besides the targets {targets}; pass --features")
-    x = columns(args.data, header, body, features).float()
-    y = columns(args.data, header, body, targets).float()
+    x = columns(table, features).float()
+    y = columns(table, targets).float()
     hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(args.seed)
@@ -158,15 +179,15 @@ def _load_with_data(args: argparse.Namespace):
     from .io import load
 
     model = load(args.model)
-    header, body = read_csv(args.data)
-    features = model.feature_names or header[: model.in_features]
-    missing = [c for c in features if c not in header]
+    table = read_csv(args.data)
+    features = model.feature_names or table.header[: model.in_features]
+    missing = [c for c in features if c not in table.header]
     if missing:
         raise ModelFileError(
             f"the model {args.model} expects feature columns {features}; {args.data} lacks {missing}"
         )
-    x = columns(args.data, header, body, features).to(model.x_loc.dtype)
-    return model, header, body, x
+    x = columns(table, features).to(model.x_loc.dtype)
+    return model, table, x
 
 
 def _target_names(model) -> list[str]:
@@ -174,7 +195,7 @@ def _target_names(model) -> list[str]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    model, _, _, x = _load_with_data(args)
+    model, _, x = _load_with_data(args)
     with torch.no_grad():
         dist = model(x)
         out = torch.cat([dist.mean, dist.stddev], -1)
@@ -186,7 +207,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise InputError(f"-n must be >= 1; got {args.n}")
-    model, _, _, x = _load_with_data(args)
+    model, _, x = _load_with_data(args)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         draws = model(x).sample((args.n,), generator=gen)  # [n, rows, d]
@@ -197,13 +218,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    model, header, body, x = _load_with_data(args)
+    model, table, x = _load_with_data(args)
     targets = _split_names(args.target) if args.target else _target_names(model)
     if len(targets) != model.out_features:
         raise ModelFileError(
             f"the model predicts {model.out_features} target(s); --target names {len(targets)}: {targets}"
         )
-    y = columns(args.data, header, body, targets).to(x.dtype)
+    y = columns(table, targets).to(x.dtype)
     with torch.no_grad():
         nll = -model.log_prob(x, y).mean().item()
     print(f"mean NLL {nll:.4f} nats over {len(x)} rows")

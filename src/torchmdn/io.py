@@ -79,8 +79,13 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelFileError(f"{path} is not a safetensors model file ({err})") from err
     if _FORMAT not in meta:
         raise ModelFileError(f"{path} is a safetensors file but not a torchmdn model")
-    header = json.loads(meta[_FORMAT])
-    if header.get("format_version", 0) > _FORMAT_VERSION:
+    try:
+        header = json.loads(meta[_FORMAT])
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{path}: corrupt torchmdn header ({err})") from err
+    if not isinstance(header, dict) or not isinstance(header.get("format_version"), int):
+        raise ModelFileError(f"{path}: corrupt torchmdn header (no integer format_version)")
+    if header["format_version"] > _FORMAT_VERSION:
         raise ModelFileError(
             f"{path} was written by a newer torchmdn ({header.get('torchmdn_version')}, "
             f"format {header.get('format_version')}); upgrade torchmdn to read it"
@@ -98,7 +103,10 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     except (TypeError, KeyError, ValueError) as err:
         raise ModelFileError(f"{path}: invalid model config ({err})") from err
     tensors = load_file(str(path), device=str(map_location))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:
+        raise ModelFileError(f"{path}: weights do not match the config ({err})") from err
     if missing or unexpected:
         raise ModelFileError(
             f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})"
