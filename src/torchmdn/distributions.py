@@ -258,6 +258,14 @@ class GaussianMixture(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Log density ``log p(value)``, shape ``value.shape[:-1]`` broadcast with ``B``."""
+        return torch.logsumexp(self.joint_log_prob(value), dim=-1)
+
+    def joint_log_prob(self, value: Tensor) -> Tensor:
+        """``log π_i + log N(value; μ_i, Σ_i)`` for every component: shape ``(..., n)``.
+
+        Its ``logsumexp`` over the last dimension is :meth:`log_prob`; its ``softmax`` is the
+        posterior responsibility of each component for ``value``.
+        """
         if self._validate_args:
             self._validate_sample(value)
         d = self.loc.shape[-1]
@@ -271,7 +279,7 @@ class GaussianMixture(Distribution):
             z = (self._inv_tril @ diff.unsqueeze(-1)).squeeze(-1)  # [*S, *B, n, d]
             half_log_det = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [*B, n]
             comp = -0.5 * z.square().sum(-1) - half_log_det
-        return torch.logsumexp(self.log_weights + comp, dim=-1) - 0.5 * d * _LOG_2PI
+        return self.log_weights + comp - 0.5 * d * _LOG_2PI
 
     # ------------------------------------------------------------------ moments
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelFileError
 from .nn import MDN
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "read_header", "save_checkpoint", "load_checkpoint"]
 
 _FORMAT = "torchmdn"
 _FORMAT_VERSION = 1
@@ -41,7 +42,6 @@ def save(model: MDN, path: str | os.PathLike[str], metadata: dict[str, Any] | No
 
     if not isinstance(model, MDN):
         raise ModelFileError(f"save expects a torchmdn.MDN; got {type(model).__name__}")
-    path = Path(path)
     header = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
@@ -50,11 +50,19 @@ def save(model: MDN, path: str | os.PathLike[str], metadata: dict[str, Any] | No
         "config": model.config(),
         "metadata": {**getattr(model, "metadata", {}), **(metadata or {})},
     }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return _write(path, tensors, header)
+
+
+def _write(
+    path: str | os.PathLike[str], tensors: dict[str, Tensor], header: dict[str, Any]
+) -> Path:
+    """Write tensors and a JSON header as one safetensors file: temp file, then rename."""
+    path = Path(path)
     try:
         text = json.dumps(header)
     except TypeError as err:
         raise ModelFileError(f"metadata must be JSON-serialisable: {err}") from err
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -96,6 +104,11 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MDN:
     """Read a model written by :func:`save`. Never executes code from the file."""
     header = read_header(path)
+    if header.get("class") == "checkpoint":
+        raise ModelFileError(
+            f"{path} is a training checkpoint, not a model: continue it with "
+            "torchmdn.fit(..., resume=path), or load the model that fit saved"
+        )
     if header.get("class") != "MDN":
         raise ModelFileError(f"{path}: unknown model class {header.get('class')!r}")
     try:
@@ -113,3 +126,28 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         )
     model.metadata = header.get("metadata", {})
     return model.to(map_location).eval()
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], tensors: dict[str, Tensor], state: dict[str, Any]
+) -> Path:
+    """Write a training checkpoint (tensors + JSON state) atomically; used by :func:`fit`."""
+    from . import __version__
+
+    header = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "torchmdn_version": __version__,
+        "class": "checkpoint",
+        "state": state,
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return _write(path, tensors, header)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, state)``."""
+    header = read_header(path)
+    if header.get("class") != "checkpoint" or not isinstance(header.get("state"), dict):
+        raise ModelFileError(f"{path} is not a torchmdn training checkpoint")
+    return load_file(str(path)), header["state"]

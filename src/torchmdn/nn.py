@@ -40,6 +40,15 @@ def _softplus_inverse(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
+def _scale_grad(loc: Tensor, scale: Tensor) -> Tensor:
+    """Identity on ``loc`` whose backward multiplies the gradient by ``scale`` (detached).
+
+    The RNADE remedy (Uria, Murray & Larochelle 2013): the gradient of the NLL with respect to
+    a mean grows like 1/σ², so a narrow component takes huge steps; scaling by σ evens them out.
+    """
+    return loc + (scale.detach() - 1) * (loc - loc.detach())
+
+
 class MLP(nn.Sequential):
     """A plain multilayer perceptron: ``Linear -> activation`` for each hidden width."""
 
@@ -101,6 +110,8 @@ class MDNHead(nn.Module):
         n_scale = {"diagonal": n * d, "isotropic": n, "full": n * d * (d + 1) // 2}[covariance]
         self._split = [n, n * d, n_scale]
         self.linear = nn.Linear(in_features, sum(self._split))
+        #: scale the gradient reaching each mean by its component's σ (RNADE); set by fit()
+        self.mean_grad_scaling = False
         if covariance == "full":
             rows, cols = torch.tril_indices(d, d)
             self.register_buffer("_tril_index", rows * d + cols, persistent=False)
@@ -125,6 +136,79 @@ class MDNHead(nn.Module):
             else:
                 scale_b.fill_(unit.item())
 
+    def component_rows(self, k: int) -> list[int]:
+        """Indices of the output units (rows of ``linear``) that belong to component ``k``."""
+        n, d = self.n_components, self.out_features
+        per = self._split[2] // n
+        return [
+            k,
+            *range(n + k * d, n + (k + 1) * d),
+            *range(n + n * d + k * per, n + n * d + (k + 1) * per),
+        ]
+
+    @torch.no_grad()
+    def set_component(
+        self, k: int, loc: Tensor, scale: Tensor, logit: float, zero_weights: bool = True
+    ) -> None:
+        """Make component ``k`` start at ``loc`` (d,) with standard deviations ``scale`` (d,);
+        with ``zero_weights`` its output rows ignore the features until trained."""
+        n, d = self.n_components, self.out_features
+        if zero_weights:
+            self.linear.weight[self.component_rows(k)] = 0.0
+        bias = self.linear.bias
+        bias[k] = logit
+        bias[n + k * d : n + (k + 1) * d] = loc
+        raw = _softplus_inverse((scale - self.min_scale).clamp_min(1e-4))
+        start = n + n * d
+        if self.covariance == "diagonal":
+            bias[start + k * d : start + (k + 1) * d] = raw
+        elif self.covariance == "isotropic":
+            bias[start + k] = raw.square().mean().sqrt()
+        else:
+            m = self._split[2] // n
+            block = torch.zeros(m, dtype=bias.dtype, device=bias.device)
+            block[self._tril_is_diag] = raw
+            bias[start + k * m : start + (k + 1) * m] = block
+
+    @torch.no_grad()
+    def initialize(
+        self, z: Tensor, generator: torch.Generator | None = None, iters: int = 20
+    ) -> None:
+        """Start at the unconditional mixture fit of targets ``z (N, d)`` (in the head's units).
+
+        k-means (k-means++ seeding, ``iters`` Lloyd steps) places one component on each
+        cluster with that cluster's standard deviations; weights start near uniform (half
+        uniform, half the cluster shares) and the weight rows stay small, so training starts
+        from the unconditional fit, a known cure for components that never get used.
+        """
+        n, d = self.n_components, self.out_features
+        z = z.detach().reshape(-1, d).to(self.linear.bias.dtype).cpu()
+        if len(z) < n:
+            z = z.repeat(math.ceil(n / len(z)), 1)
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        centers = z[torch.randint(len(z), (1,), generator=gen)]
+        for _ in range(1, n):  # k-means++ seeding
+            dist2 = torch.cdist(z, centers).square().min(1).values
+            probs = dist2 / dist2.sum() if dist2.sum() > 0 else torch.full_like(dist2, 1 / len(z))
+            centers = torch.cat([centers, z[torch.multinomial(probs, 1, generator=gen)]])
+        for _ in range(iters):
+            assign = torch.cdist(z, centers).argmin(1)
+            for k in range(n):
+                members = z[assign == k]
+                if len(members):
+                    centers[k] = members.mean(0)
+        assign = torch.cdist(z, centers).argmin(1)
+        fallback = z.std(0).clamp_min(1e-3) / n ** (1 / d)
+        self.linear.bias.zero_()
+        for k in range(n):
+            members = z[assign == k]
+            share = len(members) / len(z)
+            std = members.std(0) if len(members) > 1 else fallback
+            std = torch.where(std > 0, std, fallback).clamp_min(2 * self.min_scale)
+            self.set_component(
+                k, centers[k], std, math.log(0.5 * share + 0.5 / n), zero_weights=False
+            )
+
     def forward(self, h: Tensor) -> GaussianMixture:
         """Map features ``(*, in_features)`` to a GaussianMixture with batch shape ``*``."""
         n, d = self.n_components, self.out_features
@@ -134,13 +218,15 @@ class MDNHead(nn.Module):
             raw = raw.unflatten(-1, (n, -1))  # [*, n, d(d+1)/2]
             entries = torch.where(self._tril_is_diag, F.softplus(raw) + self.min_scale, raw)
             flat = raw.new_zeros(raw.shape[:-1] + (d * d,))
-            flat = flat.index_copy(-1, self._tril_index, entries)
-            return GaussianMixture(
-                logits, loc, scale_tril=flat.unflatten(-1, (d, d)), validate_args=False
-            )
+            tril = flat.index_copy(-1, self._tril_index, entries).unflatten(-1, (d, d))
+            if self.mean_grad_scaling:
+                loc = _scale_grad(loc, tril.norm(dim=-1))  # per-dimension standard deviations
+            return GaussianMixture(logits, loc, scale_tril=tril, validate_args=False)
         scale = F.softplus(raw) + self.min_scale
         if self.covariance == "diagonal":
             scale = scale.unflatten(-1, (n, d))
+        if self.mean_grad_scaling:
+            loc = _scale_grad(loc, scale if self.covariance == "diagonal" else scale.unsqueeze(-1))
         return GaussianMixture(logits, loc, scale=scale, validate_args=False)
 
     def extra_repr(self) -> str:
@@ -178,10 +264,10 @@ class MDN(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        n_components: int = 10,
+        n_components: int = 20,
         hidden: Sequence[int] = (128, 128),
         covariance: str = "diagonal",
-        activation: str = "tanh",
+        activation: str = "silu",
         min_scale: float = 1e-3,
         feature_names: Sequence[str] | None = None,
         target_names: Sequence[str] | None = None,
@@ -269,6 +355,12 @@ class MDN(nn.Module):
                 + (". For one target, use y.unsqueeze(-1)." if self.out_features == 1 else "")
             )
         return y
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> MDN:
+        """Start the head at the unconditional mixture fit of ``y`` (see :meth:`MDNHead.initialize`)."""
+        self.head.initialize((self._check_y(y) - self.y_loc) / self.y_scale, generator)
+        return self
 
     def standardized_forward(self, x: Tensor) -> GaussianMixture:
         """The mixture over standardised ``z = (y - y_loc) / y_scale`` (what the head predicts)."""

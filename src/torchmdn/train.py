@@ -1,20 +1,24 @@
 """``fit``: the maximum-likelihood training loop, and the ``History`` it returns.
 
-The loop: a validation split carved from the training data, Adam with a learning rate that
-halves when the validation NLL stops improving, gradient clipping by norm, early stopping
-with the best state restored, and a guard that skips any step whose loss or gradient is not
-finite. Losses are averaged over the samples actually seen and reported in nats per sample,
-in the user's units of ``y``.
+The loop: a validation split carved from the training rows; AdamW with a short linear
+warm-up and a cosine decay; an exponential moving average (EMA) of the weights, which is what
+is validated and returned; gradient clipping; data-driven initialisation of the mixture head;
+optional noise regularisation, RNADE gradient scaling and re-seeding of dead components; a
+guard that skips non-finite steps, rolls back and lowers the learning rate, and stops with a
+precise error if that keeps happening; atomic checkpoints and exact resumption. Losses are
+averaged over the samples actually seen, in nats per sample, in the user's units of ``y``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,10 @@ from .errors import InputError, TrainingError
 
 __all__ = ["fit", "History", "as_tensor_2d"]
 
+_BAD_STEPS_BEFORE_ROLLBACK = 3
+_ROLLBACKS_BEFORE_GIVING_UP = 4
+_DEAD_SHARE = 1e-3  # a component explaining < 0.1% of the rows counts as dead
+
 
 @dataclass
 class History:
@@ -33,21 +41,29 @@ class History:
     Attributes:
         train_nll: mean training NLL per epoch (nats per sample, user units).
         val_nll: mean validation NLL per epoch (empty without a validation set).
-        lr: learning rate used in each epoch.
+        lr: learning rate at the end of each epoch.
+        effective_components: per epoch, ``exp(entropy)`` of the components' shares of
+            responsibility on training rows (``n`` when all are used equally, 1 when one
+            component explains everything); empty for models that are not mixtures.
         best_epoch: epoch (0-based) whose state was restored.
         best_val_nll: validation NLL of that epoch (training NLL without validation).
         stopped_early: whether early stopping ended training.
         skipped_steps: optimiser steps skipped because the loss or gradient was not finite.
-        time_s: wall-clock seconds spent in ``fit``.
+        rollbacks: times the model was rolled back to its last good state (lr halved each time).
+        reseeded: components re-seeded because they had died.
+        time_s: wall-clock seconds spent in ``fit`` (this call only).
     """
 
     train_nll: list[float] = field(default_factory=list)
     val_nll: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    effective_components: list[float] = field(default_factory=list)
     best_epoch: int = -1
     best_val_nll: float = math.inf
     stopped_early: bool = False
     skipped_steps: int = 0
+    rollbacks: int = 0
+    reseeded: int = 0
     time_s: float = 0.0
 
     @property
@@ -57,7 +73,7 @@ class History:
 
 
 def as_tensor_2d(
-    name: str, value: Any, dtype: torch.dtype, device: torch.device | None = None
+    name: str, value: Any, dtype: torch.dtype, device: torch.device | str | None = None
 ) -> Tensor:
     """Convert array-like data to a finite 2-d tensor ``(rows, columns)``; 1-d means one column."""
     if isinstance(value, Tensor):
@@ -72,7 +88,7 @@ def as_tensor_2d(
         if arr.dtype.kind not in "biuf":
             raise InputError(
                 f"{name} must contain numbers only; got an array of dtype {arr.dtype}. "
-                "Convert or drop non-numeric columns first."
+                "Convert or drop non-numeric columns (and columns of mixed types) first."
             )
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.is_complex() or t.dtype == torch.bool:
@@ -94,13 +110,6 @@ def as_tensor_2d(
     return t
 
 
-def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    p = next(model.parameters(), None)
-    if p is None:
-        raise InputError("the model has no parameters to train")
-    return p.dtype, p.device
-
-
 def _nll(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """Per-row negative log-likelihood; uses ``model.log_prob(x, y)`` when the model has it."""
     log_prob = getattr(model, "log_prob", None)
@@ -115,21 +124,116 @@ def _mean_nll(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 8192) -> floa
     return total / len(x)
 
 
+def _head(model: nn.Module) -> Any:
+    """The model's MDNHead, if it is an MDN (duck-typed: has ``head.component_rows``)."""
+    head = getattr(model, "head", None)
+    return head if callable(getattr(head, "component_rows", None)) else None
+
+
+@torch.no_grad()
+def _shares(model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
+    """Each component's mean responsibility on ``(x, y)``, or None for non-mixture models."""
+    if callable(getattr(model, "standardized_forward", None)):
+        dist, target = model.standardized_forward(x), (y - model.y_loc) / model.y_scale
+    else:
+        dist, target = model(x), y
+    joint = getattr(dist, "joint_log_prob", None)
+    if not callable(joint):
+        return None
+    return torch.softmax(joint(target), -1).mean(0)
+
+
+def _diagnose(model: nn.Module, xb: Tensor, yb: Tensor, rows: Tensor) -> str:
+    """Say which rows give a non-finite loss and which parameter blocks broke."""
+    parts = []
+    with torch.no_grad():
+        per_row = _nll(model, xb, yb)
+    bad_rows = rows[~torch.isfinite(per_row)].tolist()
+    if bad_rows:
+        parts.append(f"non-finite loss on training rows {bad_rows[:10]}")
+    head = _head(model)
+    head_params = (head.linear.weight, head.linear.bias) if head is not None else ()
+    blocks: dict[str, bool] = {}
+    for name, p in model.named_parameters():
+        for label, t in (("value", p), ("gradient", p.grad)):
+            if t is None or torch.isfinite(t).all():
+                continue
+            if any(p is q for q in head_params):
+                n, d = head.n_components, head.out_features
+                scale_name = "factor" if head.covariance == "full" else "scales"
+                bounds = {
+                    "mixture weights": (0, n),
+                    "means": (n, n + n * d),
+                    scale_name: (n + n * d, None),
+                }
+                for block, (lo, hi) in bounds.items():
+                    if not torch.isfinite(t[lo:hi]).all():
+                        blocks[f"{block} ({label})"] = True
+            else:
+                blocks[f"{name} ({label})"] = True
+    if blocks:
+        parts.append("non-finite " + ", ".join(blocks))
+    return "; ".join(parts) or "non-finite gradient norm"
+
+
+def _fingerprint(*tensors: Tensor) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _flat(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}/{k}": v for k, v in state.items()}
+
+
+def _unflat(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    start = prefix + "/"
+    return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
+
+
+def _opt_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    sd = opt.state_dict()
+    tensors = {f"{i}/{k}": v for i, s in sd["state"].items() for k, v in s.items()}
+    return tensors, sd["param_groups"]
+
+
+def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, v in tensors.items():
+        i, name = key.split("/", 1)
+        state.setdefault(int(i), {})[name] = v
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
 def fit(
     model: nn.Module,
     x: Any,
     y: Any,
     *,
-    max_epochs: int = 1000,
+    max_epochs: int = 300,
     batch_size: int = 128,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     weight_decay: float = 0.0,
     validation_fraction: float = 0.1,
     validation_data: tuple[Any, Any] | None = None,
-    patience: int = 60,
-    lr_patience: int = 15,
-    lr_factor: float = 0.5,
+    patience: int | None = None,
+    warmup_fraction: float = 0.05,
+    ema_decay: float = 0.99,
     clip_grad_norm: float | None = 10.0,
+    clip_grad_value: float | None = None,
+    mean_grad_scaling: bool = False,
+    noise_x: float = 0.0,
+    noise_y: float = 0.0,
+    initialize: bool = True,
+    reseed_dead: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: str | Path | None = None,
     standardize: bool = True,
     progress: bool = True,
     random_state: int | None = None,
@@ -140,49 +244,92 @@ def fit(
     Args:
         model: a module whose ``forward(x)`` returns a distribution over ``y`` (an
             :class:`~torchmdn.MDN` or any module returning a ``torch.distributions`` object).
-        x, y: tensors or array-likes with one row per sample (1-d means one column).
-        max_epochs: upper bound on passes over the training data.
+        x, y: tensors or array-likes (NumPy, pandas) with one row per sample; 1-d means one
+            column.
+        max_epochs: passes over the training rows (the learning-rate schedule spans them).
         batch_size: samples per optimiser step.
-        lr, weight_decay: Adam(W) learning rate and decoupled weight decay.
-        validation_fraction: share of rows held out for early stopping (0 for none);
+        lr, weight_decay: peak AdamW learning rate and decoupled weight decay.
+        validation_fraction: share of rows held out to pick the best epoch (0 for none);
             ignored when ``validation_data`` is given.
-        patience: epochs without a better validation NLL before stopping.
-        lr_patience, lr_factor: the learning rate is multiplied by ``lr_factor`` after
-            ``lr_patience`` epochs without improvement.
-        clip_grad_norm: clip the gradient's global norm to this value (``None``: no clipping).
+        patience: stop after this many epochs without a better validation NLL (``None``:
+            run all epochs; the best epoch is restored either way).
+        warmup_fraction: share of the steps with a linear warm-up; then cosine decay to 0.
+        ema_decay: decay of the exponential moving average of the weights that is validated
+            and returned (0: use the raw weights).
+        clip_grad_norm, clip_grad_value: clip the gradient's global norm / each entry
+            (``None``: off).
+        mean_grad_scaling: multiply the gradient reaching each component mean by that
+            component's standard deviation (RNADE; Uria, Murray & Larochelle 2013).
+        noise_x, noise_y: standard deviation of fresh Gaussian noise added to standardised
+            x and y in every batch (noise regularisation, Rothfuss et al. 2019).
+        initialize: start an MDN's head at the unconditional mixture fit of y (k-means).
+        reseed_dead: move components that explain almost no rows onto badly explained rows
+            (checked every 5 epochs during the first half of training).
+        checkpoint, checkpoint_every: write a checkpoint to this path every N epochs
+            (atomically: temp file + rename) and at the end.
+        resume: continue from a checkpoint written by a run with the same data and
+            settings; the result equals that of an uninterrupted run.
         standardize: set an MDN's normalisers from the training rows if not already set.
         progress: show a progress bar (only when stderr is a terminal).
-        random_state: seed of the split and the batch order; ``None`` picks a fresh one.
-            Uses a local ``torch.Generator``: the global random state is not touched.
+        random_state: seed of the split, batch order, noise and initialisation; ``None``
+            picks a fresh one. Uses a local ``torch.Generator``: global state is untouched.
         callback: called as ``callback(epoch, history)`` after each epoch; returning
             ``True`` stops training.
 
     Returns:
         The :class:`History`; the model is left in its best state, in eval mode.
+
+    Raises:
+        InputError: bad data or settings, or a checkpoint written for other data/settings.
+        TrainingError: the loss stayed non-finite after repeated roll-backs; the message
+            names the parameter blocks and training rows involved.
     """
-    for name, value, lo in (
-        ("max_epochs", max_epochs, 1),
-        ("batch_size", batch_size, 1),
-        ("patience", patience, 1),
-        ("lr_patience", lr_patience, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise InputError(f"{name} must be an integer >= {lo}; got {value!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise InputError(f"lr must be a positive number; got {lr!r}")
-    if not 0 <= validation_fraction < 1:
-        raise InputError(f"validation_fraction must be in [0, 1); got {validation_fraction!r}")
-    dtype, device = _model_dtype_device(model)
+    for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size),
+                        ("checkpoint_every", checkpoint_every)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1; got {value!r}")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise InputError(f"patience must be None or an integer >= 1; got {patience!r}")
+    for name, value, lo, hi in (("lr", lr, 0, math.inf), ("weight_decay", weight_decay, 0, math.inf),
+                                ("noise_x", noise_x, 0, math.inf), ("noise_y", noise_y, 0, math.inf),
+                                ("ema_decay", ema_decay, 0, 1), ("warmup_fraction", warmup_fraction, 0, 1),
+                                ("validation_fraction", validation_fraction, 0, 1)):  # fmt: skip
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not (lo <= value < hi) or (name == "lr" and value == 0):
+            raise InputError(f"{name} must be a number in [{lo}, {hi}); got {value!r}")
+    for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise InputError(f"{name} must be None or a positive number; got {value!r}")
+    params = list(model.parameters())
+    if not params:
+        raise InputError("the model has no parameters to train")
+    dtype, device = params[0].dtype, params[0].device
     x, y = as_tensor_2d("x", x, dtype, device), as_tensor_2d("y", y, dtype, device)
     if len(x) != len(y):
         raise InputError(f"x and y must have the same number of rows; got {len(x)} and {len(y)}")
 
+    settings = {
+        "max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "validation_fraction": validation_fraction, "warmup_fraction": warmup_fraction,
+        "ema_decay": ema_decay, "clip_grad_norm": clip_grad_norm, "clip_grad_value": clip_grad_value,
+        "mean_grad_scaling": mean_grad_scaling, "noise_x": noise_x, "noise_y": noise_y,
+        "initialize": initialize, "reseed_dead": reseed_dead, "standardize": standardize,
+    }  # fmt: skip
+    ckpt_tensors: dict[str, Tensor] = {}
+    ckpt: dict[str, Any] = {}
+    if resume is not None:
+        from .io import load_checkpoint
+
+        ckpt_tensors, ckpt = load_checkpoint(resume)
+        random_state = ckpt["seed"]
     seed = torch.Generator().seed() if random_state is None else int(random_state)
     gen = torch.Generator().manual_seed(seed)
+
+    # ---- the split (reproduced exactly on resume: it only depends on the seed)
     if validation_data is not None:
         x_val = as_tensor_2d("validation x", validation_data[0], dtype, device)
         y_val = as_tensor_2d("validation y", validation_data[1], dtype, device)
-        x_tr, y_tr = x, y
+        x_tr, y_tr, tr_rows = x, y, torch.arange(len(x))
     else:
         n_val = int(round(validation_fraction * len(x)))
         if validation_fraction > 0 and (n_val < 1 or n_val >= len(x)):
@@ -190,96 +337,243 @@ def fit(
                 f"validation_fraction={validation_fraction} of {len(x)} rows leaves an empty "
                 "training or validation set; use more data or validation_fraction=0"
             )
-        perm = torch.randperm(len(x), generator=gen).to(device)
-        x_val, y_val = x[perm[:n_val]], y[perm[:n_val]]
-        x_tr, y_tr = x[perm[n_val:]], y[perm[n_val:]]
+        perm = torch.randperm(len(x), generator=gen)
+        tr_rows = perm[n_val:]
+        x_val, y_val = x[perm[:n_val].to(device)], y[perm[:n_val].to(device)]
+        x_tr, y_tr = x[tr_rows.to(device)], y[tr_rows.to(device)]
     has_val = len(x_val) > 0
-
-    standardize_fn = getattr(model, "standardize", None)
-    already = bool(getattr(model, "standardized", torch.tensor(False)))
-    if standardize and callable(standardize_fn) and not already:
-        standardize_fn(x_tr, y_tr)
-
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    history = History()
-    best_state = copy.deepcopy(model.state_dict())
-    since_best = since_lr_drop = 0
-    bad_in_a_row = 0
-    start = time.perf_counter()
     n_tr = len(x_tr)
-    epochs = range(max_epochs)
+    fingerprint = _fingerprint(x, y, x_val, y_val)
+
+    # ---- model state: fresh (standardise + initialise) or resumed
+    head = _head(model)
+    if resume is not None:
+        if ckpt.get("fingerprint") != fingerprint:
+            raise InputError(f"{resume} was written for other training data; pass the same x and y")
+        changed = [k for k, v in settings.items() if ckpt["settings"].get(k) != v]
+        if changed:
+            raise InputError(
+                f"{resume} was written with other settings: {changed} differ "
+                f"(checkpoint: {[ckpt['settings'].get(k) for k in changed]}); pass the same ones"
+            )
+        model.load_state_dict(_unflat("model", ckpt_tensors))
+    else:
+        already = bool(getattr(model, "standardized", torch.tensor(True)))
+        if standardize and callable(getattr(model, "standardize", None)) and not already:
+            model.standardize(x_tr, y_tr)
+            if initialize and callable(getattr(model, "initialize", None)):
+                model.initialize(x_tr, y_tr, generator=gen)
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    ema_model = copy.deepcopy(model) if ema_decay > 0 else model
+    steps_per_epoch = math.ceil(n_tr / batch_size)
+    total_steps = max_epochs * steps_per_epoch
+    warm = max(1, int(warmup_fraction * total_steps))
+    history = History()
+    step, start_epoch, since_best, lr_mult = 0, 0, 0, 1.0
+    best_state = copy.deepcopy(ema_model.state_dict())
+    if resume is not None:
+        ema_model.load_state_dict(_unflat("ema", ckpt_tensors))
+        best_state = _unflat("best", ckpt_tensors)
+        _load_opt_state(opt, _unflat("opt", ckpt_tensors), ckpt["opt_groups"])
+        gen.set_state(ckpt_tensors["rng"])
+        saved = ckpt["history"]
+        history = History(**{f.name: saved[f.name] for f in fields(History) if f.name in saved})
+        step, start_epoch, since_best, lr_mult = (
+            ckpt[k] for k in ("step", "epoch", "since_best", "lr_mult")
+        )
+    history.time_s = 0.0
+    ema_params = list(ema_model.parameters()) if ema_model is not model else []
+
+    def lr_at(s: int) -> float:
+        frac = (
+            (s + 1) / warm
+            if s < warm
+            else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total_steps - warm))))
+        )
+        return lr * lr_mult * frac
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "model": copy.deepcopy(model.state_dict()),
+            "ema": copy.deepcopy(ema_model.state_dict()),
+            "opt": copy.deepcopy(opt.state_dict()),
+        }
+
+    def write_checkpoint(next_epoch: int) -> None:
+        from .io import save_checkpoint
+
+        opt_tensors, groups = _opt_state(opt)
+        tensors = {
+            **_flat("model", model.state_dict()),
+            **_flat("ema", ema_model.state_dict()),
+            **_flat("best", best_state),
+            **_flat("opt", opt_tensors),
+            "rng": gen.get_state(),
+        }
+        state = {
+            "seed": seed, "epoch": next_epoch, "step": step, "since_best": since_best,
+            "lr_mult": lr_mult, "history": asdict(history), "opt_groups": groups,
+            "settings": settings, "fingerprint": fingerprint,
+        }  # fmt: skip
+        save_checkpoint(checkpoint, tensors, state)
+
+    noisy = noise_x > 0 or noise_y > 0
+    if noisy:
+        sx = getattr(model, "x_scale", x_tr.std(0) if n_tr > 1 else torch.ones_like(x_tr[0]))
+        sy = getattr(model, "y_scale", y_tr.std(0) if n_tr > 1 else torch.ones_like(y_tr[0]))
+    scaled_heads = [m for m in model.modules() if hasattr(m, "mean_grad_scaling")]
+    for m in scaled_heads:
+        m.mean_grad_scaling = mean_grad_scaling
+    good = snapshot()
+    bad_in_a_row = rollbacks_since_good = good_steps = 0
+    diagnosis = ""
+    started = time.perf_counter()
     bar = None
-    if progress and sys.stderr.isatty():
+    if progress and sys.stderr.isatty() and start_epoch < max_epochs:
         from tqdm.auto import tqdm
 
-        bar = tqdm(epochs, desc="fit", unit="epoch", leave=False)
-        epochs = bar
+        bar = tqdm(total=max_epochs, initial=start_epoch, desc="fit", unit="epoch", leave=False)
     try:
-        for epoch in epochs:
+        for epoch in range(start_epoch, max_epochs):
             model.train()
-            order = torch.randperm(n_tr, generator=gen).to(device)
+            order = torch.randperm(n_tr, generator=gen)
             total, seen = 0.0, 0
             for i in range(0, n_tr, batch_size):
                 idx = order[i : i + batch_size]
-                loss = _nll(model, x_tr[idx], y_tr[idx]).mean()
+                xb, yb = x_tr[idx.to(device)], y_tr[idx.to(device)]
+                if noisy:
+                    xb = xb + noise_x * sx * torch.randn(xb.shape, generator=gen).to(xb)
+                    yb = yb + noise_y * sy * torch.randn(yb.shape, generator=gen).to(yb)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step)
                 opt.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
-                    bad_in_a_row += 1
-                else:
+                loss = _nll(model, xb, yb).mean()
+                ok = bool(torch.isfinite(loss))
+                if ok:
                     loss.backward()
+                    if clip_grad_value is not None:
+                        torch.nn.utils.clip_grad_value_(params, clip_grad_value)
+                    grads = [p.grad for p in params if p.grad is not None]
                     norm = (
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
                         if clip_grad_norm is not None
-                        else torch.nn.utils.get_total_norm(
-                            [p.grad for p in model.parameters() if p.grad is not None]
+                        else torch.nn.utils.get_total_norm(grads)
+                    )
+                    ok = bool(torch.isfinite(norm))
+                if ok:
+                    opt.step()
+                    step += 1
+                    good_steps += 1
+                    if ema_params:
+                        with torch.no_grad():
+                            torch._foreach_lerp_(ema_params, params, 1 - ema_decay)
+                    bad_in_a_row = 0
+                    total += loss.item() * len(idx)
+                    seen += len(idx)
+                    continue
+                # ---- the guard: skip; after a few bad steps roll back and lower the lr
+                history.skipped_steps += 1
+                bad_in_a_row += 1
+                diagnosis = _diagnose(model, xb, yb, tr_rows[idx])
+                opt.zero_grad(set_to_none=True)
+                if bad_in_a_row >= _BAD_STEPS_BEFORE_ROLLBACK:
+                    rollbacks_since_good += 1
+                    if rollbacks_since_good > _ROLLBACKS_BEFORE_GIVING_UP:
+                        raise TrainingError(
+                            f"training stopped at epoch {epoch}: {history.skipped_steps} steps had a "
+                            f"non-finite loss or gradient even after {_ROLLBACKS_BEFORE_GIVING_UP} "
+                            f"roll-backs with lower learning rates ({diagnosis}). The model holds "
+                            "its last good state. Check those rows, scale the data, or raise min_scale."
                         )
-                    )
-                    if torch.isfinite(norm):
-                        opt.step()
-                        bad_in_a_row = 0
-                        total += loss.item() * len(idx)
-                        seen += len(idx)
-                    else:
-                        bad_in_a_row += 1
-                if bad_in_a_row:
-                    history.skipped_steps += 1
-                end_of_epoch = i + batch_size >= n_tr
-                if bad_in_a_row >= 20 or (end_of_epoch and seen == 0):
-                    model.load_state_dict(best_state)
-                    raise TrainingError(
-                        f"the loss or its gradient was not finite for {bad_in_a_row} steps "
-                        f"in a row (epoch {epoch}); the model was restored to its best "
-                        "state. Lower lr, raise min_scale, or check the data for outliers."
-                    )
-            train_nll = total / seen if seen else math.nan
-            history.train_nll.append(train_nll)
-            history.lr.append(opt.param_groups[0]["lr"])
+                    model.load_state_dict(good["model"])
+                    ema_model.load_state_dict(good["ema"])
+                    opt.load_state_dict(good["opt"])
+                    lr_mult *= 0.5
+                    history.rollbacks += 1
+                    bad_in_a_row = 0
+            history.train_nll.append(total / seen if seen else math.nan)
+            history.lr.append(lr_at(max(step - 1, 0)))
+            finite = all(bool(torch.isfinite(p).all()) for p in params)
+            if seen and finite:
+                good, rollbacks_since_good = snapshot(), 0
+
+            # ---- collapse: track responsibility shares, re-seed dead components
+            sub = torch.randperm(n_tr, generator=gen)[:2048].to(device)
             model.eval()
-            score = _mean_nll(model, x_val, y_val) if has_val else train_nll
+            shares = _shares(model, x_tr[sub], y_tr[sub])
+            if shares is not None:
+                ent = -(shares * shares.clamp_min(1e-12).log()).sum().item()
+                history.effective_components.append(math.exp(ent))
+                dead = torch.nonzero(shares < _DEAD_SHARE).flatten().tolist()
+                if (
+                    reseed_dead
+                    and head is not None
+                    and dead
+                    and epoch % 5 == 4
+                    and epoch < max_epochs // 2
+                ):
+                    _reseed(model, head, opt, dead, x_tr[sub], y_tr[sub])
+                    history.reseeded += len(dead)
+
+            ema_model.eval()
+            score = (
+                _mean_nll(ema_model, x_val, y_val) if has_val else _mean_nll(ema_model, x_tr, y_tr)
+            )
             if has_val:
                 history.val_nll.append(score)
             if score < history.best_val_nll:
                 history.best_val_nll, history.best_epoch = score, epoch
-                best_state = copy.deepcopy(model.state_dict())
-                since_best = since_lr_drop = 0
+                best_state = copy.deepcopy(ema_model.state_dict())
+                since_best = 0
             else:
                 since_best += 1
-                since_lr_drop += 1
-            if since_lr_drop >= lr_patience:
-                for group in opt.param_groups:
-                    group["lr"] *= lr_factor
-                since_lr_drop = 0
+            stop = (callback is not None and bool(callback(epoch, history))) or (
+                patience is not None and since_best >= patience
+            )
+            history.stopped_early = patience is not None and since_best >= patience
+            if checkpoint is not None and (
+                (epoch + 1) % checkpoint_every == 0 or stop or epoch + 1 == max_epochs
+            ):
+                write_checkpoint(epoch + 1)
             if bar is not None:
-                bar.set_postfix(train=f"{train_nll:.4f}", val=f"{score:.4f}")
-            if callback is not None and callback(epoch, history):
+                bar.update(1)
+                bar.set_postfix(train=f"{history.train_nll[-1]:.4f}", val=f"{score:.4f}")
+            if stop:
                 break
-            if since_best >= patience:
-                history.stopped_early = True
-                break
+        if good_steps == 0 and max_epochs > start_epoch:
+            raise TrainingError(
+                f"no training step had a finite loss and gradient ({diagnosis}); "
+                "check the data for extreme values, scale it, or lower lr"
+            )
     finally:
         if bar is not None:
             bar.close()
+        for m in scaled_heads:
+            m.mean_grad_scaling = False
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            model.load_state_dict(good["model"])
     model.load_state_dict(best_state)
     model.eval()
-    history.time_s = time.perf_counter() - start
+    history.time_s = time.perf_counter() - started
     return history
+
+
+@torch.no_grad()
+def _reseed(
+    model: nn.Module, head: Any, opt: torch.optim.Optimizer, dead: list[int], x: Tensor, y: Tensor
+) -> None:
+    """Move dead components onto the worst-explained rows; reset their optimiser state."""
+    dist = model.standardized_forward(x)
+    z = (y - model.y_loc) / model.y_scale
+    worst = dist.log_prob(z).argsort()[: len(dead)]
+    alive = [k for k in range(head.n_components) if k not in dead]
+    scale = dist.stddev.median(0).values / max(1, len(alive)) ** 0.5
+    logit = head.linear.bias[alive].mean().item() if alive else 0.0
+    for k, row in zip(dead, worst.tolist(), strict=False):
+        head.set_component(k, z[row], scale, logit)
+        rows = head.component_rows(k)
+        for p in (head.linear.weight, head.linear.bias):
+            for buf in opt.state.get(p, {}).values():
+                if isinstance(buf, Tensor) and buf.shape == p.shape:
+                    buf[rows] = 0.0
