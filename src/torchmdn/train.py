@@ -499,7 +499,7 @@ def fit(
                 good, rollbacks_since_good = snapshot(), 0
 
             # ---- collapse: track responsibility shares, re-seed dead components
-            sub = torch.randperm(n_tr, generator=gen)[:2048].to(device)
+            sub = torch.randperm(n_tr, generator=gen)[:512].to(device)
             model.eval()
             shares = _shares(model, x_tr[sub], y_tr[sub])
             if shares is not None:
@@ -514,6 +514,13 @@ def fit(
                     and epoch < max_epochs // 2
                 ):
                     _reseed(model, head, opt, dead, x_tr[sub], y_tr[sub])
+                    if ema_model is not model:  # the average restarts there too
+                        ema_head = _head(ema_model)
+                        with torch.no_grad():
+                            for k in dead:
+                                rows = head.component_rows(k)
+                                ema_head.linear.weight[rows] = head.linear.weight[rows]
+                                ema_head.linear.bias[rows] = head.linear.bias[rows]
                     history.reseeded += len(dead)
 
             ema_model.eval()
