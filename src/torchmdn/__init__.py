@@ -4,7 +4,7 @@ The network outputs a whole conditional distribution p(y|x), a Gaussian mixture,
 ``torch.distributions`` object. See the README for a tour.
 """
 
-from . import datasets
+from . import datasets, metrics
 from .distributions import GaussianMixture
 from .errors import TorchMDNError
 from .io import load, save
@@ -21,6 +21,7 @@ __all__ = [
     "History",
     "TorchMDNError",
     "datasets",
+    "metrics",
     "fit",
     "load",
     "save",

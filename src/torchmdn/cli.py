@@ -225,9 +225,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"the model predicts {model.out_features} target(s); --target names {len(targets)}: {targets}"
         )
     y = columns(table, targets).to(x.dtype)
+    from . import metrics
+
     with torch.no_grad():
         nll = -model.log_prob(x, y).mean().item()
+        dist = model(x)
+        if y.shape[-1] == 1:
+            score = f"mean CRPS {metrics.crps(dist, y).item():.4f}"
+        else:
+            gen = torch.Generator(device=y.device).manual_seed(0)
+            score = f"mean energy score {metrics.energy_score(dist, y, generator=gen).item():.4f}"
+        coverage = metrics.interval_coverage(dist, y, level=0.9).item()
     print(f"mean NLL {nll:.4f} nats over {len(x)} rows")
+    print(f"{score} (in target units; lower is better)")
+    print(f"90% interval coverage {coverage:.3f} (ideal 0.900)")
+    if args.plots:
+        from .plot import evaluation_plots
+
+        for path in evaluation_plots(args.plots, model, x, y, dist):
+            print(f"wrote {path}")
     return 0
 
 
@@ -261,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, helptext in (
         ("predict", _cmd_predict, "mean and standard deviation per target"),
         ("sample", _cmd_sample, "draw samples of the targets"),
-        ("evaluate", _cmd_evaluate, "mean test NLL in nats"),
+        ("evaluate", _cmd_evaluate, "NLL, CRPS/energy score, 90%% coverage (and plots)"),
     ):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("model", help="model file written by 'torchmdn fit'")
@@ -271,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--seed", type=int, default=0)
         if name == "evaluate":
             c.add_argument("--target", help="target column(s) (default: as at training)")
+            c.add_argument("--plots", help="folder to write diagnostic plots (PNG) into")
         else:
             c.add_argument("-o", "--output", help="CSV to write (default: stdout)")
         c.set_defaults(run=fn)

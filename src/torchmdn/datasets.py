@@ -7,7 +7,9 @@ state is never touched) and returns float32 tensors ``x (n, in)`` and ``y (n, d)
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -102,3 +104,47 @@ def rotating_pair(n: int = 2000, seed: int = 0) -> tuple[Tensor, Tensor]:
     x = torch.rand(n, 1, generator=g, dtype=torch.float64) * 2 - 1
     y = rotating_pair_density(x).sample(generator=g)
     return x.float(), y.float()
+
+
+def stress_problems(seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Problems that break naive MDN training, each with a train/test split.
+
+    Returns ``{name: {"x": x_train, "y": y_train, "x_test": ..., "y_test": ..., "model":
+    MDN keyword arguments}}``: targets scaled by 1e-6 and by 1e6, heavy tails (Student-t with
+    1.5 degrees of freedom), a 0-10 integer score (many duplicated targets), tiny data
+    (20 rows), a 10-d target with full covariance, and an input column 1e5 times larger than
+    the other.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def base(n: int, d_in: int = 2) -> tuple[Tensor, Tensor]:
+        x = torch.rand(n, d_in, generator=g, dtype=torch.float64) * 4 - 2
+        noise = torch.randn(n, 1, generator=g, dtype=torch.float64)
+        y = torch.sin(2 * x[:, :1]) + 0.3 * (1 + x[:, 1:2].abs()) * noise
+        return x, y
+
+    def split(x: Tensor, y: Tensor, n_test: int, **model: Any) -> dict[str, Any]:
+        return {"x": x[:-n_test].float(), "y": y[:-n_test].float(), "x_test": x[-n_test:].float(),
+                "y_test": y[-n_test:].float(), "model": model}  # fmt: skip
+
+    out: dict[str, dict[str, Any]] = {}
+    x, y = base(1500)
+    out["y scaled 1e-6"] = split(x, y * 1e-6, 500)
+    x, y = base(1500)
+    out["y scaled 1e6"] = split(x, y * 1e6 + 3e6, 500)
+    x, _ = base(1500)
+    rng = np.random.default_rng(seed)  # torch's StudentT sampler has no generator argument
+    t = torch.from_numpy(rng.standard_t(1.5, size=(1500, 1)))
+    out["Student-t, 1.5 dof"] = split(x, torch.sin(2 * x[:, :1]) + 0.3 * t, 500)
+    x, y = base(1500)
+    out["0-10 score"] = split(x, (5 + 2 * y).round().clamp(0, 10), 500)
+    x, y = base(520)
+    out["tiny (n = 20)"] = split(x, y, 500)
+    x = torch.rand(2000, 3, generator=g, dtype=torch.float64) * 2 - 1
+    a = torch.randn(10, 10, generator=g, dtype=torch.float64) / 10**0.5
+    z = torch.randn(2000, 10, generator=g, dtype=torch.float64)
+    y10 = torch.sin(2 * x[:, :1]) * torch.ones(10, dtype=torch.float64) + 0.3 * z @ a.T
+    out["d = 10, full covariance"] = split(x, y10, 500, covariance="full", n_components=5)
+    x, y = base(1500)
+    out["input column x 1e5"] = split(x * torch.tensor([1e5, 1.0], dtype=torch.float64), y, 500)
+    return out

@@ -313,6 +313,83 @@ class GaussianMixture(Distribution):
         w = self.probs[..., None, None]
         return (w * (self.component_covariance + outer)).sum(-3)
 
+    # ------------------------------------------------------------------ queries
+    # Thin wrappers: the math lives in torchmdn.queries (imported lazily, so that this module
+    # still imports nothing else from the package at load time).
+
+    def cdf(self, value: Tensor) -> Tensor:
+        """Joint CDF ``P(Y <= value)``: ``(*S, *B, d) -> (*S, *B)``; see ``queries.cdf``."""
+        from .queries import cdf
+
+        return cdf(self, value)
+
+    def icdf(self, value: Tensor | float) -> Tensor:
+        """Quantiles for d = 1: ``q`` broadcast with ``B`` -> ``(..., 1)``; see ``queries.icdf``."""
+        from .queries import icdf
+
+        return icdf(self, value)
+
+    def interval(self, level: float = 0.9) -> tuple[Tensor, Tensor]:
+        """Central ``level`` interval for d = 1: ``(low, high)``, each ``(*B, 1)``."""
+        from .queries import interval
+
+        return interval(self, level)
+
+    def hdr(self, level: float = 0.9) -> list:
+        """Highest-density region for d = 1: lists of ``(low, high)``; see ``queries.hdr``."""
+        from .queries import hdr
+
+        return hdr(self, level)
+
+    def modes(self, max_iter: int = 2000, tol: float | None = None):
+        """All local modes ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))``, best first.
+
+        Fixed-point iteration from every component mean; see ``queries.modes``.
+        """
+        from .queries import modes
+
+        return modes(self, max_iter=max_iter, tol=tol)
+
+    def mode(self, max_iter: int = 2000, tol: float | None = None) -> Tensor:  # type: ignore[override]
+        """The global mode, ``(*B, d)``.
+
+        A *method* here (``gm.mode()``), where ``torch.distributions.Distribution`` has a
+        property: finding a mixture's mode is an iterative search with options, not a lookup.
+        Nothing in torch reads ``mode`` of a mixture except ``Independent(gm, k).mode``, which
+        is not supported.
+        """
+        from .queries import mode
+
+        return mode(self, max_iter=max_iter, tol=tol)
+
+    def marginal(self, dims: Sequence[int] | int) -> GaussianMixture:
+        """The marginal over ``dims`` (closed form); see ``queries.marginal``."""
+        from .queries import marginal
+
+        return marginal(self, dims)
+
+    def condition(self, dims: Sequence[int] | int, values: Tensor) -> GaussianMixture:
+        """The other dims given ``Y[dims] = values`` (closed form); see ``queries.condition``."""
+        from .queries import condition
+
+        return condition(self, dims, values)
+
+    def entropy(
+        self,
+        n_samples: int = 10_000,
+        generator: torch.Generator | None = None,
+        return_stderr: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Monte Carlo estimate of the entropy in nats, ``(*B,)`` (no closed form exists).
+
+        With ``return_stderr=True`` returns ``(estimate, standard_error)``; the error shrinks
+        like ``1/sqrt(n_samples)``. The default generator is a local one seeded with 0.
+        """
+        from .queries import entropy
+
+        est = entropy(self, n_samples=n_samples, generator=generator)
+        return (est.value, est.stderr) if return_stderr else est.value
+
     # ------------------------------------------------------------------ sampling
 
     def sample(

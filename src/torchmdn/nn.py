@@ -264,7 +264,7 @@ class MDN(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        n_components: int = 20,
+        n_components: int = 5,
         hidden: Sequence[int] = (128, 128),
         covariance: str = "diagonal",
         activation: str = "silu",
