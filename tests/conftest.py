@@ -3,7 +3,14 @@ global defaults (default dtype, distribution validation, grad mode) have changed
 
 import pytest
 import torch
+from hypothesis import settings
 from torch.distributions import Distribution
+
+# property tests draw the same examples on every run, so CI is reproducible; explore more
+# locally with HYPOTHESIS_PROFILE=explore
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None, max_examples=500)
+settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

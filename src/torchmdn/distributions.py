@@ -21,7 +21,13 @@ component from ``softmax(logits / τ)`` and then draws from that component with 
 multiplied by ``τ`` (standard deviations by ``√τ``). ``τ = 1`` is the model itself; ``τ → 0``
 returns the mean of the most probable component; ``τ > 1`` spreads the samples out.
 
-This module imports nothing from the rest of torchmdn.
+**Speed.** ``log_prob`` runs a fused forward with a hand-written backward
+(:mod:`torchmdn.fused`); full covariances go through the lower-triangular precision factor
+``A = L⁻¹`` (``Σ⁻¹ = AᵀA``: one matmul, no solve per call). Half and bfloat16 mixtures are
+evaluated in float32, and ``log_prob``/``joint_log_prob`` return float32 for them.
+
+This module imports nothing from the rest of torchmdn except ``errors`` and ``fused`` (which
+imports only torch).
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ from torch.distributions import (
 )
 from torch.distributions.utils import lazy_property
 
+from . import fused as _fused
 from .errors import InputError, InputTypeError
 
 __all__ = ["GaussianMixture"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _DIAGONAL, _ISOTROPIC, _FULL = "diagonal", "isotropic", "full"
+#: ``True``: ``log_prob`` uses the fused autograd Functions of :mod:`torchmdn.fused`;
+#: ``False``: the plain-autograd reference path (``GaussianMixture._log_prob_reference``).
+_USE_FUSED = True
 
 
 def _as_tensor(name: str, value: object, like: Tensor | None = None) -> Tensor:
@@ -64,6 +74,24 @@ def _as_tensor(name: str, value: object, like: Tensor | None = None) -> Tensor:
 
 def _shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
+
+
+def _tril_inverse(tril: Tensor) -> Tensor:
+    """Inverse of lower-triangular matrices (itself lower triangular); half and bfloat16 are
+    solved in float32 (no triangular solve exists for them) and rounded back."""
+    work = tril if torch.finfo(tril.dtype).bits >= 32 else tril.float()
+    eye = torch.eye(tril.shape[-1], dtype=work.dtype, device=tril.device)
+    return torch.linalg.solve_triangular(work, eye, upper=False).to(tril.dtype)
+
+
+def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Promote to one floating dtype, at least float32 (half/bfloat16 accumulate in float32)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
+        dtype = torch.float32
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
 class GaussianMixture(Distribution):
@@ -237,11 +265,44 @@ class GaussianMixture(Distribution):
         """``log_softmax(logits)``, ``(*B, n)``."""
         return torch.log_softmax(self.logits, dim=-1)
 
-    @lazy_property
+    @classmethod
+    def _from_precision_tril(
+        cls, logits: Tensor, loc: Tensor, precision_tril: Tensor, validate_args: bool | None = None
+    ) -> GaussianMixture:
+        """Full covariances from lower-triangular precision factors ``A = L⁻¹``, ``Σ⁻¹ = AᵀA``.
+
+        ``log_prob`` then needs no triangular solve at all; ``scale_tril`` is computed (once)
+        only when something asks for it. Shape checks and validation are those of ``scale_tril``
+        (``A`` is lower triangular with a positive diagonal too).
+        """
+        gm = cls(logits, loc, scale_tril=precision_tril, validate_args=validate_args)
+        gm._prec_tril, gm._scale_tril = gm._scale_tril, None
+        return gm
+
+    @property
+    def scale_tril(self) -> Tensor | None:
+        """Lower-triangular Cholesky factors ``L`` of the covariances, ``(*B, n, d, d)``
+        (``None`` unless the covariance is full)."""
+        if self._scale_tril is None and getattr(self, "_prec_tril", None) is not None:
+            self._scale_tril = _tril_inverse(self._prec_tril)
+        return self._scale_tril
+
+    @scale_tril.setter
+    def scale_tril(self, value: Tensor | None) -> None:
+        self._scale_tril, self._prec_tril = value, None
+
+    def _eval_precision(self) -> Tensor:
+        # a half/bfloat16 factor is inverted in float32 and kept there (no rounding back)
+        if self._prec_tril is None and torch.finfo(self._scale_tril.dtype).bits < 32:
+            return _tril_inverse(self._scale_tril.float())
+        return self._inv_tril
+
+    @property
     def _inv_tril(self) -> Tensor:
-        # L⁻¹ (lower triangular): the quadratic form becomes one matmul, no solve per call.
-        eye = torch.eye(self.loc.shape[-1], dtype=self.loc.dtype, device=self.loc.device)
-        return torch.linalg.solve_triangular(self.scale_tril, eye, upper=False)
+        # A = L⁻¹ (lower triangular): the quadratic form is one matmul, no solve per call.
+        if self._prec_tril is None:
+            self._prec_tril = _tril_inverse(self._scale_tril)
+        return self._prec_tril
 
     @lazy_property
     def component_covariance(self) -> Tensor:
@@ -257,7 +318,26 @@ class GaussianMixture(Distribution):
     # ------------------------------------------------------------------ log density
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """Log density ``log p(value)``, shape ``value.shape[:-1]`` broadcast with ``B``."""
+        """Log density ``log p(value)``, shape ``value.shape[:-1]`` broadcast with ``B``.
+
+        One fused computation with a hand-written backward (:mod:`torchmdn.fused`); twice
+        differentiable. Computed in the promoted dtype of the parameters and ``value``, at
+        least float32.
+        """
+        if self._validate_args:
+            self._validate_sample(value)
+        if not _USE_FUSED:
+            return self._log_prob_reference(value)
+        if self._kind == _FULL:
+            logits, loc, prec, value = _at_least_float32(
+                self.logits, self.loc, self._eval_precision(), value
+            )
+            return _fused.tril_log_prob(logits, loc, prec, value)
+        logits, loc, scale, value = _at_least_float32(self.logits, self.loc, self.scale, value)
+        return _fused.diag_log_prob(logits, loc, scale, value, self._kind == _ISOTROPIC)
+
+    def _log_prob_reference(self, value: Tensor) -> Tensor:
+        """``log_prob`` by plain autograd (the reference for the fused path)."""
         return torch.logsumexp(self.joint_log_prob(value), dim=-1)
 
     def joint_log_prob(self, value: Tensor) -> Tensor:
@@ -269,17 +349,25 @@ class GaussianMixture(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         d = self.loc.shape[-1]
-        diff = value.unsqueeze(-2) - self.loc  # [*S, *B, n, d]
-        if self._kind == _DIAGONAL:
-            z = diff / self.scale  # [*S, *B, n, d]
-            comp = -0.5 * z.square().sum(-1) - self.scale.log().sum(-1)  # [*S, *B, n]
-        elif self._kind == _ISOTROPIC:
-            comp = -0.5 * diff.square().sum(-1) / self.scale.square() - d * self.scale.log()
+        if self._kind == _FULL:
+            logits, loc, scale, value = _at_least_float32(
+                self.logits, self.loc, self._eval_precision(), value
+            )
         else:
-            z = (self._inv_tril @ diff.unsqueeze(-1)).squeeze(-1)  # [*S, *B, n, d]
-            half_log_det = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [*B, n]
+            logits, loc, scale, value = _at_least_float32(self.logits, self.loc, self.scale, value)
+        log_weights = self.log_weights if logits is self.logits else logits.log_softmax(-1)
+        diff = value.unsqueeze(-2) - loc  # [*S, *B, n, d]
+        if self._kind == _DIAGONAL:
+            z = diff / scale  # [*S, *B, n, d]
+            comp = -0.5 * z.square().sum(-1) - scale.log().sum(-1)  # [*S, *B, n]
+        elif self._kind == _ISOTROPIC:
+            comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
+        else:
+            # precision factor A = L⁻¹: quadratic form and log-determinant from the same A
+            z = (scale @ diff.unsqueeze(-1)).squeeze(-1)  # [*S, *B, n, d]
+            half_log_det = -scale.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [*B, n]
             comp = -0.5 * z.square().sum(-1) - half_log_det
-        return self.log_weights + comp - 0.5 * d * _LOG_2PI
+        return log_weights + comp - 0.5 * d * _LOG_2PI
 
     # ------------------------------------------------------------------ moments
 
@@ -419,7 +507,10 @@ class GaussianMixture(Distribution):
                 idx = self.logits.argmax(-1).expand(lead)  # [*S, *B]
             else:
                 logits = self.logits if temperature == 1 else self.logits / temperature
-                cdf = torch.softmax(logits, -1).cumsum(-1)  # [*B, n]
+                # unnormalised CDF: exp(logits - max) is exact for -inf logits and avoids
+                # softmax, whose CPU kernel is slow over a short last dimension
+                weights = (logits - logits.amax(-1, keepdim=True)).exp_()
+                cdf = weights.cumsum(-1)  # [*B, n]
                 u = torch.rand(lead + (1,), dtype=cdf.dtype, device=cdf.device, generator=generator)
                 # scale by the last entry so round-off can never push u past the total mass
                 idx = (u * cdf[..., -1:] >= cdf).sum(-1).clamp_(max=self.n_components - 1)
@@ -430,19 +521,19 @@ class GaussianMixture(Distribution):
             if temperature == 0:
                 return mu.clone()
             eps = torch.randn(shape, dtype=loc.dtype, device=loc.device, generator=generator)
+            root_t = math.sqrt(temperature)  # standard deviations scale by sqrt(temperature)
             if self._kind == _FULL:
                 tril = self.scale_tril.expand(lead + self.scale_tril.shape[-3:])
                 tril = tril.gather(-3, pick[..., None].expand(lead + (1, d, d))).squeeze(-3)
                 noise = (tril @ eps.unsqueeze(-1)).squeeze(-1)
-            elif self._kind == _DIAGONAL:
+                return mu + noise if temperature == 1 else torch.add(mu, noise, alpha=root_t)
+            if self._kind == _DIAGONAL:
                 s = self.scale.expand(lead + self.scale.shape[-2:])
-                noise = s.gather(-2, pick.expand(lead + (1, d))).squeeze(-2) * eps
+                s = s.gather(-2, pick.expand(lead + (1, d))).squeeze(-2)
             else:
                 s = self.scale.expand(lead + self.scale.shape[-1:])
-                noise = s.gather(-1, idx.unsqueeze(-1)) * eps
-            if temperature != 1:
-                noise = noise * math.sqrt(temperature)
-            return mu + noise
+                s = s.gather(-1, idx.unsqueeze(-1))
+            return torch.addcmul(mu, s, eps, value=root_t)  # mu + sqrt(t) s eps, one op
 
     # ------------------------------------------------------------------ views and transforms
 
@@ -490,6 +581,12 @@ class GaussianMixture(Distribution):
         loc = self.loc * a.unsqueeze(-2) + (b.unsqueeze(-2) if b.dim() else b)
         if self._kind == _FULL:
             a_full = a.expand(a.shape[:-1] + self.loc.shape[-1:])
+            if self._scale_tril is None:  # only the precision factor A = L⁻¹: stay solve-free
+                # (D L S)⁻¹ = S A D⁻¹ for D = diag(a), S = diag(sign a)
+                prec = self._prec_tril * a_full.sign().unsqueeze(-1) / a_full.unsqueeze(-2)
+                return GaussianMixture._from_precision_tril(
+                    self.logits, loc, prec, validate_args=self._validate_args
+                )
             # rows scaled by a, columns by sign(a): a Cholesky factor of diag(a) Σ diag(a)
             tril = self.scale_tril * a_full.unsqueeze(-1) * a_full.sign().unsqueeze(-2)
             return self._new(self.logits, loc, None, tril)
@@ -512,9 +609,10 @@ class GaussianMixture(Distribution):
             if self.scale is None
             else self.scale.expand(batch_shape + self.scale.shape[len(self.batch_shape) :])
         )
-        new.scale_tril = (
-            None if self.scale_tril is None else self.scale_tril.expand(batch_shape + (n, d, d))
-        )
+        full = batch_shape + (n, d, d)
+        new.scale_tril = None if self._scale_tril is None else self._scale_tril.expand(full)
+        if self._prec_tril is not None:  # keep the precision factor: no solve needed
+            new._prec_tril = self._prec_tril.expand(full)
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new

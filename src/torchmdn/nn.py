@@ -75,8 +75,16 @@ class MDNHead(nn.Module):
 
     The output is split into ``logits (*, n)``, ``loc (*, n, d)`` and the scale parameters:
     ``(*, n, d)`` diagonal, ``(*, n)`` isotropic, or the ``d(d+1)/2`` entries of a
-    lower-triangular factor per component (full). Standard deviations (and the diagonal of the
-    factor) are ``min_scale + softplus(raw)``: a real floor, in the units the head sees.
+    lower-triangular factor per component (full). Standard deviations are
+    ``min_scale + softplus(raw)``: a real floor, in the units the head sees.
+
+    Full covariances are parameterised by the lower-triangular *precision* factor
+    ``A = L⁻¹`` (``Σ⁻¹ = AᵀA``, ``L`` the Cholesky factor of ``Σ``), so the loss needs no
+    triangular solve: ``A``'s off-diagonal entries are the raw outputs and its diagonal is
+    ``1 / (min_scale + softplus(raw))``. The floor therefore applies exactly as before to the
+    diagonal of ``L = A⁻¹`` (``L_jj = 1/A_jj >= min_scale``: the conditional standard
+    deviation of ``y_j`` given ``y_<j``), and so also to every marginal standard deviation
+    (``Σ_jj >= L_jj²``). With zero off-diagonal outputs ``L = diag(min_scale + softplus(raw))``.
 
     Args:
         in_features: size of the feature vector.
@@ -216,12 +224,20 @@ class MDNHead(nn.Module):
         loc = loc.unflatten(-1, (n, d))
         if self.covariance == "full":
             raw = raw.unflatten(-1, (n, -1))  # [*, n, d(d+1)/2]
-            entries = torch.where(self._tril_is_diag, F.softplus(raw) + self.min_scale, raw)
+            # precision factor A = L⁻¹: diagonal 1 / (min_scale + softplus), off-diagonal raw
+            # (softplus only on the d diagonal entries, not all d(d+1)/2)
+            i = torch.arange(d, device=raw.device)
+            pos = i * (i + 3) // 2  # where (i, i) sits in the row-major packing of the tril
+            diag = (F.softplus(raw.index_select(-1, pos)) + self.min_scale).reciprocal()
+            entries = raw.index_copy(-1, pos, diag)
             flat = raw.new_zeros(raw.shape[:-1] + (d * d,))
-            tril = flat.index_copy(-1, self._tril_index, entries).unflatten(-1, (d, d))
+            prec = flat.index_copy(-1, self._tril_index, entries).unflatten(-1, (d, d))
             if self.mean_grad_scaling:
-                loc = _scale_grad(loc, tril.norm(dim=-1))  # per-dimension standard deviations
-            return GaussianMixture(logits, loc, scale_tril=tril, validate_args=False)
+                with torch.no_grad():  # per-dimension standard deviations: rows of L = A⁻¹
+                    eye = torch.eye(d, dtype=prec.dtype, device=prec.device)
+                    sd = torch.linalg.solve_triangular(prec, eye, upper=False).norm(dim=-1)
+                loc = _scale_grad(loc, sd)
+            return GaussianMixture._from_precision_tril(logits, loc, prec, validate_args=False)
         scale = F.softplus(raw) + self.min_scale
         if self.covariance == "diagonal":
             scale = scale.unflatten(-1, (n, d))
