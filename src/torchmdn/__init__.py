@@ -9,6 +9,7 @@ from .distributions import GaussianMixture
 from .errors import TorchMDNError
 from .io import load, save
 from .nn import MDN, MLP, MDNHead
+from .sequence import MDNRNN, PenStateHead, SequenceGenerator, fit_sequences  # issue 7
 from .train import History, fit
 
 __version__ = "0.1.0"
@@ -26,4 +27,19 @@ __all__ = [
     "load",
     "save",
     "__version__",
+    "MDNRegressor",
+    "nll_scorer",
+    "MDNRNN",
+    "PenStateHead",
+    "SequenceGenerator",
+    "fit_sequences",
 ]
+
+
+def __getattr__(name: str):
+    # scikit-learn is optional: import the estimator (and sklearn) only when it is used
+    if name in ("MDNRegressor", "nll_scorer"):
+        from . import estimator
+
+        return getattr(estimator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

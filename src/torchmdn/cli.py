@@ -127,12 +127,25 @@ def _split_names(text: str) -> list[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.name in ("handwriting", "storms"):
+        return _cmd_sequence_demo(args)
     from .demo import bishop_demo
 
     result = bishop_demo(args.out, seed=args.seed, progress=not args.quiet)
     print(f"test NLL {result.test_nll:.4f} nats  (floor {result.floor}: no model can do better)")
     print(f"epochs {result.history.epochs}, {result.history.time_s:.1f} s")
     print(f"wrote {result.figure} and {result.model_path}")
+    return 0
+
+
+def _cmd_sequence_demo(args: argparse.Namespace) -> int:
+    from .sequence_demo import handwriting_demo, storms_demo
+
+    run = handwriting_demo if args.name == "handwriting" else storms_demo
+    result = run(args.out, seed=args.seed, progress=not args.quiet)
+    print(f"{args.name}: held-out NLL {result.test_nll:.4f} nats per step")
+    print(f"epochs {result.history.epochs}, {result.history.time_s:.1f} s")
+    print(f"wrote {result.figure}")
     return 0
 
 
@@ -255,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torchmdn", description="Mixture density networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="train on Bishop's inverse problem and write a plot")
+    d = sub.add_parser(
+        "demo", help="train a demo model (default: Bishop's inverse problem) and plot"
+    )
+    d.add_argument("name", nargs="?", default="bishop", choices=["bishop", "handwriting", "storms"],
+                   help="bishop (default), handwriting or storms (these two need torchmdn[data])")  # fmt: skip
     d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
