@@ -358,3 +358,14 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkey
         save(_tiny(seed=1), path)
     assert os.listdir(tmp_path) == ["m.safetensors"]
     assert path.read_bytes() == before
+
+
+def test_mdnrnn_round_trip(tmp_path):
+    model = torchmdn.MDNRNN(3, 2, 4, hidden_size=16, pen_states=2)
+    x = torch.randn(2, 5, 3)
+    y = torch.randn(2, 5, 3)
+    y[..., 2] = (y[..., 2] > 0).float()
+    torchmdn.save(model, tmp_path / "rnn.safetensors")
+    loaded = torchmdn.load(tmp_path / "rnn.safetensors")
+    assert isinstance(loaded, torchmdn.MDNRNN) and loaded.config() == model.config()
+    assert torch.equal(loaded.log_prob(x, y), model.log_prob(x, y))

@@ -19,6 +19,9 @@ from torch import Tensor
 
 from .errors import ModelFileError
 from .nn import MDN
+from .sequence import MDNRNN
+
+_CLASSES: dict[str, type] = {"MDN": MDN, "MDNRNN": MDNRNN}
 
 __all__ = ["save", "load", "read_header", "save_checkpoint", "load_checkpoint"]
 
@@ -26,11 +29,13 @@ _FORMAT = "torchmdn"
 _FORMAT_VERSION = 1
 
 
-def save(model: MDN, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+def save(
+    model: MDN | MDNRNN, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` to ``path`` (a ``.safetensors`` file), atomically.
 
     Args:
-        model: the :class:`~torchmdn.MDN` to save.
+        model: the :class:`~torchmdn.MDN` or :class:`~torchmdn.MDNRNN` to save.
         path: destination file; written to a temporary file first and then renamed, so an
             interrupted save never leaves a half-written model.
         metadata: extra JSON-serialisable information stored beside the config.
@@ -40,13 +45,13 @@ def save(model: MDN, path: str | os.PathLike[str], metadata: dict[str, Any] | No
     """
     from . import __version__
 
-    if not isinstance(model, MDN):
-        raise ModelFileError(f"save expects a torchmdn.MDN; got {type(model).__name__}")
+    if type(model) not in _CLASSES.values():
+        raise ModelFileError(f"save expects a torchmdn.MDN or MDNRNN; got {type(model).__name__}")
     header = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
         "torchmdn_version": __version__,
-        "class": "MDN",
+        "class": type(model).__name__,
         "config": model.config(),
         "metadata": {**getattr(model, "metadata", {}), **(metadata or {})},
     }
@@ -101,7 +106,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return header
 
 
-def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MDN:
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MDN | MDNRNN:
     """Read a model written by :func:`save`. Never executes code from the file."""
     header = read_header(path)
     if header.get("class") == "checkpoint":
@@ -109,10 +114,11 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
             f"{path} is a training checkpoint, not a model: continue it with "
             "torchmdn.fit(..., resume=path), or load the model that fit saved"
         )
-    if header.get("class") != "MDN":
+    cls = _CLASSES.get(header.get("class"))
+    if cls is None:
         raise ModelFileError(f"{path}: unknown model class {header.get('class')!r}")
     try:
-        model = MDN(**header["config"])
+        model = cls(**header["config"])
     except (TypeError, KeyError, ValueError) as err:
         raise ModelFileError(f"{path}: invalid model config ({err})") from err
     tensors = load_file(str(path), device=str(map_location))
