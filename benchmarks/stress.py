@@ -30,7 +30,9 @@ def effective_components(model: torchmdn.MDN, x: torch.Tensor, y: torch.Tensor) 
     return math.exp(-(share * share.clamp_min(1e-12).log()).sum().item())
 
 
-def naive_fit(model: torchmdn.MDN, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> bool:
+def naive_fit(
+    model: torchmdn.MDN, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int
+) -> bool:
     """Train without safeguards; returns False if the loss ever became non-finite."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
@@ -55,7 +57,9 @@ def main() -> None:
     problems = torchmdn.datasets.stress_problems(seed=0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seeds {args.seeds}, "
           f"{args.epochs} epochs\n")  # fmt: skip
-    print("| problem | safeguards: NaN runs | collapsed | test NLL | without: NaN runs | collapsed | test NLL |")
+    print(
+        "| problem | safeguards: NaN runs | collapsed | test NLL | without: NaN runs | collapsed | test NLL |"
+    )
     print("|---|---|---|---|---|---|---|")
     totals = [0, 0, 0, 0]
     for name, prob in problems.items():
@@ -88,7 +92,10 @@ def main() -> None:
                     nan += 1
                     continue
                 nlls.append(nll)
-                if model.head.n_components >= 3 and effective_components(model, prob["x_test"], prob["y_test"]) < 1.5:
+                if (
+                    model.head.n_components >= 3
+                    and effective_components(model, prob["x_test"], prob["y_test"]) < 1.5
+                ):
                     collapsed += 1
             mean = f"{sum(nlls) / len(nlls):.3f}" if nlls else "–"
             row += [str(nan), str(collapsed), mean]

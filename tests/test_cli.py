@@ -34,8 +34,14 @@ def _rows(n: int = ROWS, seed: int = 0) -> list[list[str]]:
     out = []
     for _ in range(n):
         a, b = rng.uniform(-1, 1), rng.uniform(-1, 1)
-        out.append([f"{a:.4f}", f"{b:.4f}", f"{a + b + rng.gauss(0, 0.1):.4f}",
-                    f"{a - b + rng.gauss(0, 0.1):.4f}"])
+        out.append(
+            [
+                f"{a:.4f}",
+                f"{b:.4f}",
+                f"{a + b + rng.gauss(0, 0.1):.4f}",
+                f"{a - b + rng.gauss(0, 0.1):.4f}",
+            ]
+        )
     return out
 
 
@@ -86,8 +92,9 @@ def _one_error_line(capsys, rc: int, command: str, *needles: str) -> str:
 
 
 def test_help_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "torchmdn", "--help"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchmdn", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     for command in ("fit", "predict", "sample", "evaluate"):
         assert command in proc.stdout
@@ -114,7 +121,10 @@ def test_fit_is_reproducible_with_the_same_seed(tmp_path, data):
     paths = []
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         out = tmp_path / f"{name}.safetensors"
-        assert _run_quietly(["fit", str(data), "--target", "y", *FIT, "--seed", seed, "-o", str(out)]) == 0
+        assert (
+            _run_quietly(["fit", str(data), "--target", "y", *FIT, "--seed", seed, "-o", str(out)])
+            == 0
+        )
         paths.append(out)
     sd = [torchmdn.load(p).state_dict() for p in paths]
     w = "head.linear.weight"
@@ -194,8 +204,12 @@ def test_evaluate_with_explicit_target(tmp_path, model, data, capsys):
 
 def test_multi_target_full_covariance(tmp_path, data, capsys):
     model = tmp_path / "full.safetensors"
-    assert _run_quietly(["fit", str(data), "--target", "y,z", "--covariance", "full", *FIT,
-                         "-o", str(model)]) == 0
+    assert (
+        _run_quietly(
+            ["fit", str(data), "--target", "y,z", "--covariance", "full", *FIT, "-o", str(model)]
+        )
+        == 0
+    )
     m = torchmdn.load(model)
     assert m.config()["covariance"] == "full"
     assert m.target_names == ["y", "z"]
@@ -220,8 +234,12 @@ def test_multi_target_full_covariance(tmp_path, data, capsys):
 
 def test_features_selection(tmp_path, data, capsys):
     model = tmp_path / "f.safetensors"
-    assert _run_quietly(["fit", str(data), "--target", "y", "--features", "x1, x2", *FIT,
-                         "-o", str(model)]) == 0
+    assert (
+        _run_quietly(
+            ["fit", str(data), "--target", "y", "--features", "x1, x2", *FIT, "-o", str(model)]
+        )
+        == 0
+    )
     m = torchmdn.load(model)
     assert m.feature_names == ["x1", "x2"]
     assert m.in_features == 2
@@ -266,8 +284,18 @@ def test_unknown_target_column(tmp_path, data, capsys):
 
 
 def test_unknown_feature_column(tmp_path, data, capsys):
-    rc = main(["fit", str(data), "--target", "y", "--features", "x1,size",
-               "-o", str(tmp_path / "m.safetensors")])
+    rc = main(
+        [
+            "fit",
+            str(data),
+            "--target",
+            "y",
+            "--features",
+            "x1,size",
+            "-o",
+            str(tmp_path / "m.safetensors"),
+        ]
+    )
     _one_error_line(capsys, rc, "fit", "size")
 
 
@@ -400,8 +428,9 @@ def test_line_numbers_count_blank_lines(tmp_path, capsys):
 def test_utf8_bom_header(tmp_path, capsys):
     rows = _rows()
     data = tmp_path / "d.csv"
-    data.write_bytes(b"\xef\xbb\xbfx1,x2,y,z\n" + "".join(
-        ",".join(r) + "\n" for r in rows).encode())
+    data.write_bytes(
+        b"\xef\xbb\xbfx1,x2,y,z\n" + "".join(",".join(r) + "\n" for r in rows).encode()
+    )
     rc = _run_quietly(["fit", str(data), "--target", "x1", *FIT, "-o", str(tmp_path / "m.st")])
     assert rc == 0, capsys.readouterr().err
 

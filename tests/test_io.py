@@ -76,8 +76,17 @@ def test_loaded_model_is_in_eval_mode(tmp_path):
 
 def test_config_and_column_names_preserved(tmp_path):
     torch.manual_seed(0)
-    model = MDN(2, 2, n_components=3, hidden=(8, 4), covariance="full", activation="relu",
-                min_scale=0.01, feature_names=["age", "höhe"], target_names=["p", "q"])
+    model = MDN(
+        2,
+        2,
+        n_components=3,
+        hidden=(8, 4),
+        covariance="full",
+        activation="relu",
+        min_scale=0.01,
+        feature_names=["age", "höhe"],
+        target_names=["p", "q"],
+    )
     save(model, str(tmp_path / "m.safetensors"))  # a str path works too
     loaded = load(str(tmp_path / "m.safetensors"))
     assert loaded.config() == model.config()
@@ -102,8 +111,12 @@ def test_metadata_preserved_and_merged(tmp_path):
     save(model, tmp_path / "m.safetensors", metadata=extra)
     loaded = load(tmp_path / "m.safetensors")
     # explicit metadata wins over the model's own on a shared key
-    assert loaded.metadata == {"author": "me", "rows": 60, "trained_on": "data.csv",
-                               "nested": {"a": [1, 2.5, None]}}
+    assert loaded.metadata == {
+        "author": "me",
+        "rows": 60,
+        "trained_on": "data.csv",
+        "nested": {"a": [1, 2.5, None]},
+    }
 
 
 def test_non_json_metadata_is_a_model_file_error_and_writes_nothing(tmp_path):
@@ -267,44 +280,58 @@ def test_rewrite_helper_keeps_a_loadable_file(saved, tmp_path):
 
 
 def test_newer_format_version_says_upgrade(saved, tmp_path):
-    path = _rewrite(saved, tmp_path / "future.safetensors",
-                    edit_header=lambda h: h.update(format_version=99, torchmdn_version="9.0"))
+    path = _rewrite(
+        saved,
+        tmp_path / "future.safetensors",
+        edit_header=lambda h: h.update(format_version=99, torchmdn_version="9.0"),
+    )
     with pytest.raises(ModelFileError, match="upgrade") as info:
         load(path)
     assert "9.0" in str(info.value)
 
 
 def test_unknown_model_class(saved, tmp_path):
-    path = _rewrite(saved, tmp_path / "cls.safetensors", edit_header=lambda h: h.update({"class": "GAN"}))
+    path = _rewrite(
+        saved, tmp_path / "cls.safetensors", edit_header=lambda h: h.update({"class": "GAN"})
+    )
     with pytest.raises(ModelFileError, match="GAN"):
         load(path)
 
 
 def test_invalid_config(saved, tmp_path):
-    path = _rewrite(saved, tmp_path / "cfg.safetensors",
-                    edit_header=lambda h: h["config"].update(covariance="banana"))
+    path = _rewrite(
+        saved,
+        tmp_path / "cfg.safetensors",
+        edit_header=lambda h: h["config"].update(covariance="banana"),
+    )
     with pytest.raises(ModelFileError, match="config"):
         load(path)
 
 
 def test_weights_missing_a_tensor(saved, tmp_path):
-    path = _rewrite(saved, tmp_path / "miss.safetensors", edit_tensors=lambda t: t.pop("head.linear.bias"))
+    path = _rewrite(
+        saved, tmp_path / "miss.safetensors", edit_tensors=lambda t: t.pop("head.linear.bias")
+    )
     with pytest.raises(ModelFileError, match="do not match") as info:
         load(path)
     assert "head.linear.bias" in str(info.value)
 
 
 def test_weights_with_an_extra_tensor(saved, tmp_path):
-    path = _rewrite(saved, tmp_path / "extra.safetensors",
-                    edit_tensors=lambda t: t.update(surprise=torch.zeros(3)))
+    path = _rewrite(
+        saved,
+        tmp_path / "extra.safetensors",
+        edit_tensors=lambda t: t.update(surprise=torch.zeros(3)),
+    )
     with pytest.raises(ModelFileError, match="do not match") as info:
         load(path)
     assert "surprise" in str(info.value)
 
 
 def test_weights_of_the_wrong_shape(saved, tmp_path):
-    path = _rewrite(saved, tmp_path / "shape.safetensors",
-                    edit_header=lambda h: h["config"].update(hidden=[16]))
+    path = _rewrite(
+        saved, tmp_path / "shape.safetensors", edit_header=lambda h: h["config"].update(hidden=[16])
+    )
     with pytest.raises(ModelFileError):
         load(path)
 

@@ -456,9 +456,12 @@ def test_property_hdr_mass_and_modes_any_scale(gm, level):
     assert (found.log_prob[..., 0] >= lp_means.amax(0) - 1e-9 * lp_means.abs().amax(0)).all()
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: hdr misplaces a boundary where log p is "
-                   "nearly flat at the threshold (near-tangency inside one grid cell); "
-                   "found by hypothesis, mass off by 2e-3")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: hdr misplaces a boundary where log p is "
+    "nearly flat at the threshold (near-tangency inside one grid cell); "
+    "found by hypothesis, mass off by 2e-3",
+)
 def test_hdr_near_tangent_threshold_known_bug():
     g = torch.Generator().manual_seed(1351683036)
     base = math.exp(8.076341155678607)
