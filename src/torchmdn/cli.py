@@ -127,25 +127,22 @@ def _split_names(text: str) -> list[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.name in ("handwriting", "storms"):
-        return _cmd_sequence_demo(args)
-    from .demo import bishop_demo
+    if args.name == "bishop":
+        from .demo import bishop_demo as run
+    else:
+        from .sequence_demo import handwriting_demo, storms_demo
 
-    result = bishop_demo(args.out, seed=args.seed, progress=not args.quiet)
-    print(f"test NLL {result.test_nll:.4f} nats  (floor {result.floor}: no model can do better)")
-    print(f"epochs {result.history.epochs}, {result.history.time_s:.1f} s")
-    print(f"wrote {result.figure} and {result.model_path}")
-    return 0
-
-
-def _cmd_sequence_demo(args: argparse.Namespace) -> int:
-    from .sequence_demo import handwriting_demo, storms_demo
-
-    run = handwriting_demo if args.name == "handwriting" else storms_demo
+        run = handwriting_demo if args.name == "handwriting" else storms_demo
     result = run(args.out, seed=args.seed, progress=not args.quiet)
-    print(f"{args.name}: held-out NLL {result.test_nll:.4f} nats per step")
+    if args.name == "bishop":
+        print(
+            f"test NLL {result.test_nll:.4f} nats  (floor {result.floor}: no model can do better)"
+        )
+    else:
+        print(f"{args.name}: held-out NLL {result.test_nll:.4f} nats per step")
     print(f"epochs {result.history.epochs}, {result.history.time_s:.1f} s")
-    print(f"wrote {result.figure}")
+    written = [result.figure, getattr(result, "model_path", None)]
+    print("wrote " + " and ".join(str(w) for w in written if w is not None))
     return 0
 
 
