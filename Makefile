@@ -13,7 +13,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[plot,sklearn,dev,data]' $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[plot,sklearn,dev,data,export]' $(TORCH_PIN)
 	touch $@
 
 venv: $(VENV)/.installed
