@@ -329,6 +329,11 @@ class GaussianMixture(Distribution):
         if not _USE_FUSED:
             return self._log_prob_reference(value)
         if self._kind == _FULL:
+            if self._prec_tril is None:  # from scale_tril: substitution on L, no inverse
+                logits, loc, tril, value = _at_least_float32(
+                    self.logits, self.loc, self._scale_tril, value
+                )
+                return _fused.scale_tril_log_prob(logits, loc, tril, value)
             logits, loc, prec, value = _at_least_float32(
                 self.logits, self.loc, self._eval_precision(), value
             )

@@ -14,7 +14,10 @@ and upstream gradient ``g``,
 - isotropic: the same with ``∂/∂σ = g r (|z|² − d)/σ``;
 - full, through the lower-triangular precision factor ``A = L⁻¹`` (``Σ⁻¹ = AᵀA``,
   ``z = A (y − μ)``, ``log|Σ|^{-1/2} = Σ_j log A_jj``): ``∂/∂μ = g r Aᵀz``,
-  ``∂/∂A = −g r z (y − μ)ᵀ + g r diag(1/A_jj)``.
+  ``∂/∂A = −g r z (y − μ)ᵀ + g r diag(1/A_jj)``;
+- full, from the Cholesky factor ``L`` itself (``z = L⁻¹(y − μ)`` by forward substitution,
+  ``log|Σ|^{-1/2} = −Σ_j log L_jj``), with ``w = L⁻ᵀ(g r z)`` by back substitution:
+  ``∂/∂μ = w``, ``∂/∂L = tril(w zᵀ) − g r diag(1/L_jj)``.
 
 Second-order use (``create_graph=True``, e.g. gradient penalties or Hessian-vector products)
 is supported: the backward then recomputes the plain-autograd graph from the saved inputs, so
@@ -30,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["diag_log_prob", "tril_log_prob"]
+__all__ = ["diag_log_prob", "scale_tril_log_prob", "tril_log_prob"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # just above log of the smallest normal number: float32 -87.3, float64 -708.4
@@ -236,6 +239,114 @@ def tril_log_prob(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor) -> T
     if _needs_graph(logits, loc, prec, value):
         return _TrilLogProb.apply(logits, loc, prec, value)
     return _tril_forward(logits, loc, prec, value)[0]
+
+
+# ---------------------------------------------------------------- full, from scale_tril
+
+
+def _scale_tril_reference(logits: Tensor, loc: Tensor, tril: Tensor, value: Tensor) -> Tensor:
+    """Plain-autograd log density from the Cholesky factor ``L`` (``Σ = LLᵀ``)."""
+    d = loc.shape[-1]
+    diff = (value.unsqueeze(-2) - loc).unsqueeze(-1)
+    z = torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
+    comp = -tril.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * z.square().sum(-1)
+    return torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1) - 0.5 * d * _LOG_2PI
+
+
+def _dim_major(tril: Tensor, ndim: int) -> Tensor:
+    """``L`` viewed as ``[d, d, 1, ..., 1, *B, n]`` (no copy), ``ndim`` dimensions after the
+    leading two, so that ``L[i, j:k]`` broadcasts against ``res[j:k]`` of ``[d, *S, *B, n]``."""
+    lt = tril.movedim((-2, -1), (0, 1))
+    return lt[(slice(None), slice(None)) + (None,) * (ndim - lt.dim() + 2)]
+
+
+def _forward_substitution(lt: Tensor, res: Tensor) -> Tensor:
+    """``L⁻¹ r`` in place on ``res [d, *S, *B, n]`` (``lt`` from :func:`_dim_major`).
+
+    LAPACK's batched triangular solve pays a fixed cost per (tiny) matrix; ``d`` vectorised
+    steps over all matrices at once are two to three times faster for ``d`` up to a few tens.
+    """
+    d = res.shape[0]
+    for j in range(d):
+        res[j].div_(lt[j, j])
+        if j + 1 < d:
+            res[j + 1 :].addcmul_(lt[j + 1 :, j], res[j], value=-1)
+    return res
+
+
+def _back_substitution(lt: Tensor, res: Tensor) -> Tensor:
+    """``L⁻ᵀ r`` in place on ``res [d, *S, *B, n]``."""
+    for j in range(res.shape[0] - 1, -1, -1):
+        res[j].div_(lt[j, j])
+        if j:
+            res[:j].addcmul_(lt[j, :j], res[j], value=-1)
+    return res
+
+
+def _scale_tril_forward(logits: Tensor, loc: Tensor, tril: Tensor, value: Tensor):
+    d = loc.shape[-1]
+    # y − μ with the output dimension first: [d, *S, *B, n], contiguous
+    diff = (value.unsqueeze(-2) - loc).movedim(-1, 0).contiguous()
+    z = _forward_substitution(_dim_major(tril, diff.dim() - 1), diff)  # L⁻¹ (y − μ)
+    q = (z * z).sum(0)  # |z|²  [*S, *B, n]
+    # log |Σ|^{-1/2}; log of a contiguous copy (4x faster than of the strided diagonal)
+    diag = tril.diagonal(dim1=-2, dim2=-1).clone(memory_format=torch.contiguous_format)
+    logdet = _rowsum(diag.log_()).neg_()
+    out, ec, sc, e, s = _mix(logits, torch.add(logdet, q, alpha=-0.5), d)
+    return out, z, ec, sc, e, s
+
+
+class _ScaleTrilLogProb(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, loc, tril, value):
+        out, *saved = _scale_tril_forward(logits, loc, tril, value)
+        ctx.save_for_backward(logits, loc, tril, value, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, loc, tril, value, z, ec, sc, e, s = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
+            return _reference_grads(_scale_tril_reference, (logits, loc, tril, value), g)
+        gr, dlogits = _logits_and_responsibility_grads(g, ec, sc, e, s, logits.shape, need[0])
+        dloc = dtril = dvalue = None
+        if need[1] or need[2] or need[3]:
+            lt = _dim_major(tril, z.dim() - 1)
+            w = _back_substitution(lt, z * gr)  # L⁻ᵀ (g r z)   [d, *S, *B, n]
+            w = w.movedim(0, -1).contiguous()  # = ∂/∂μ in L's layout [*S, *B, n, d]
+            if need[2]:  # tril(w zᵀ) − g r diag(1/L_jj)
+                d = z.shape[0]
+                zn = z.movedim(0, -1).contiguous()
+                shape = w.shape + (d,)
+                # in L's own memory layout when the shapes agree (a Cholesky factor from LAPACK
+                # is column-major): the gradient is then accumulated without a copy
+                dtril = torch.empty_like(tril) if shape == tril.shape else w.new_empty(shape)
+                mask = z.new_ones(d, d).tril_()
+                a, b, out = (zn, w, dtril.mT) if dtril.mT.is_contiguous() else (w, zn, dtril)
+                if out is not dtril:  # fill the contiguous transposed view, vectorised
+                    mask = mask.mT
+                torch.mul(a.unsqueeze(-1), b.unsqueeze(-2), out=out).mul_(mask)
+                diag = tril.diagonal(dim1=-2, dim2=-1)
+                dtril.diagonal(dim1=-2, dim2=-1).sub_(gr.unsqueeze(-1) / diag)
+                dtril = dtril.sum_to_size(tril.shape)
+            if need[3]:
+                dvalue = w.sum(-2).neg_().sum_to_size(value.shape)
+            if need[1]:
+                dloc = w.sum_to_size(loc.shape)
+        return dlogits, dloc, dtril, dvalue
+
+
+def scale_tril_log_prob(logits: Tensor, loc: Tensor, tril: Tensor, value: Tensor) -> Tensor:
+    """``log p(value)`` of a full-covariance mixture given its Cholesky factors.
+
+    ``tril (*B, n, d, d)`` is lower triangular with a positive diagonal, ``Σ_i = L_iL_iᵀ``.
+    No inverse is formed: ``L⁻¹(y − μ)`` is one forward substitution, the backward one back
+    substitution; entries above the diagonal are ignored (their gradient is zero).
+    """
+    if _needs_graph(logits, loc, tril, value):
+        return _ScaleTrilLogProb.apply(logits, loc, tril, value)
+    return _scale_tril_forward(logits, loc, tril, value)[0]
 
 
 # ---------------------------------------------------------------- second order
