@@ -20,3 +20,12 @@ def _seed_and_guard_globals():
     yield
     after = (torch.get_default_dtype(), Distribution._validate_args, torch.is_grad_enabled())
     assert after == before, f"global torch state changed: {before} -> {after}"
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (the demos' own setting), restoring it afterwards."""
+    from torchmdn.sequence_demo import _one_thread
+
+    with _one_thread():
+        yield

@@ -16,14 +16,8 @@ from torchmdn.sequence import (
     pad_sequences,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny recurrent steps: on a busy 2-core machine one thread is many times faster
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny recurrent steps: on a busy 2-core machine one thread is many times faster
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(b=4, t=6, in_f=3, d=2, pen=0, seed=0, dtype=torch.float64):

@@ -10,13 +10,8 @@ from torchmdn import sequence_data as D
 from torchmdn.errors import InputError
 from torchmdn.sequence import MDNRNN
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny recurrent steps: on a busy 2-core machine one thread is many times faster
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lasa_positions():
