@@ -396,3 +396,16 @@ def test_mdnrnn_round_trip(tmp_path):
     loaded = torchmdn.load(tmp_path / "rnn.safetensors")
     assert isinstance(loaded, torchmdn.MDNRNN) and loaded.config() == model.config()
     assert torch.equal(loaded.log_prob(x, y), model.log_prob(x, y))
+
+
+@pytest.mark.parametrize("resolution", ["auto", None, 0.5, [0.5, 0.0]])
+def test_target_resolution_and_its_floor_travel(tmp_path, resolution):
+    model = _tiny(2, target_resolution=resolution)
+    x, _ = _data(2, rows=40)
+    y = torch.randint(0, 5, (40, 2), generator=torch.Generator().manual_seed(3)).float()
+    model.standardize(x, y)
+    assert model.head.scale_floor.max() > 1e-3 or resolution is None
+    save(model, tmp_path / "m.safetensors")
+    loaded = load(tmp_path / "m.safetensors")
+    assert loaded.target_resolution == model.target_resolution
+    assert torch.equal(loaded.head.scale_floor, model.head.scale_floor)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from torchmdn import MDN, MLP, GaussianMixture, MDNHead
+from torchmdn.nn import target_resolution as torchmdn_target_resolution
 from torchmdn.errors import InputError
 
 KINDS = ("diagonal", "isotropic", "full")
@@ -141,3 +142,57 @@ def test_mdn_works_in_float64():
     )
     assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
     assert math.isfinite(lp.sum().item())
+
+
+# ---- targets recorded on a grid: target_resolution
+
+
+def test_target_resolution_detects_grids_and_leaves_continuous_columns_alone():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(3, 9, (500,), generator=gen).float()  # 0-10 style scores
+    cents = (torch.rand(500, generator=gen) * 5).mul(10).round().div(10)  # 0.1 steps, repeats
+    continuous = torch.randn(500, generator=gen)
+    res = torchmdn_target_resolution(torch.stack([scores, cents, continuous], 1))
+    assert res[0] == 1.0
+    assert abs(res[1] - 0.1) < 1e-6
+    assert res[2] == 0.0
+    # two distinct values in 4 rows: a binary target, resolution = the gap
+    assert torchmdn_target_resolution(torch.tensor([[0.0], [2.0], [2.0], [0.0]]))[0] == 2.0
+    # all distinct: continuous, however few rows
+    assert torchmdn_target_resolution(torch.tensor([[0.0], [1.0], [2.0]]))[0] == 0.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_standardize_floors_scales_of_a_grid_target_at_step_over_sqrt12(kind):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 2, generator=gen)
+    y = torch.stack(
+        [torch.randint(0, 4, (400,), generator=gen).float() * 2.0, torch.randn(400, generator=gen)],
+        1,
+    )  # column 0 on a grid of step 2, column 1 continuous
+    model = MDN(2, 2, n_components=3, covariance=kind).standardize(x, y)
+    want0 = 2.0 / math.sqrt(12) / model.y_scale[0]
+    torch.testing.assert_close(model.head.scale_floor, torch.stack([want0, torch.tensor(1e-3)]))
+    with torch.no_grad():
+        model.head.linear.weight.zero_()
+        model.head.linear.bias.fill_(-1e4)  # every scale on its floor
+    # user units: every component's sd of column 0 sits exactly on step / sqrt(12) (for
+    # "full", column 0 comes first in the Cholesky factor, so its sd is the factor's floor)
+    comp = model(x[:5]).to_torch().component_distribution
+    sd0 = comp.variance[..., 0].sqrt()
+    torch.testing.assert_close(sd0, torch.full((5, 3), 2.0 / math.sqrt(12)))
+    if kind == "diagonal":  # the continuous column keeps the plain floor
+        torch.testing.assert_close(
+            comp.variance[..., 1].sqrt(), torch.full((5, 3), 1e-3) * model.y_scale[1]
+        )
+
+
+def test_target_resolution_none_or_explicit_and_bad_values():
+    x, y = torch.randn(100, 1), torch.randint(0, 3, (100, 1)).float()
+    off = MDN(1, 1, target_resolution=None).standardize(x, y)
+    torch.testing.assert_close(off.head.scale_floor, torch.tensor([1e-3]))
+    fixed = MDN(1, 1, target_resolution=0.5).standardize(x, y)
+    torch.testing.assert_close(fixed.head.scale_floor * fixed.y_scale, torch.tensor([0.5 / math.sqrt(12)]))
+    for bad in (-1.0, float("nan"), "grid", [1.0, 2.0], True):
+        with pytest.raises(InputError, match="target_resolution"):
+            MDN(1, 1, target_resolution=bad)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .distributions import GaussianMixture
 from .errors import InputError
 
-__all__ = ["MLP", "MDNHead", "MDN", "COVARIANCES", "ACTIVATIONS"]
+__all__ = ["MLP", "MDNHead", "MDN", "COVARIANCES", "ACTIVATIONS", "target_resolution"]
 
 COVARIANCES = ("diagonal", "isotropic", "full")
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -47,6 +47,22 @@ def _scale_grad(loc: Tensor, scale: Tensor) -> Tensor:
     a mean grows like 1/σ², so a narrow component takes huge steps; scaling by σ evens them out.
     """
     return loc + (scale.detach() - 1) * (loc - loc.detach())
+
+
+def target_resolution(y: Tensor) -> Tensor:
+    """The recording resolution of each target column of ``y (N, d)``; 0 for continuous ones.
+
+    A column whose values repeat (at most half as many distinct values as rows) is taken to
+    be recorded on a grid: scores 0-10, prices in cents, counts. Its resolution is the
+    smallest gap between distinct values. Columns with fewer repeats count as continuous.
+    """
+    y = y.detach().reshape(len(y), -1).double().cpu()
+    out = torch.zeros(y.shape[1], dtype=torch.float64)
+    for j in range(y.shape[1]):
+        values = torch.unique(y[:, j])  # sorted
+        if 2 <= len(values) <= len(y) / 2:
+            out[j] = (values[1:] - values[:-1]).min()
+    return out
 
 
 class MLP(nn.Sequential):
@@ -115,6 +131,9 @@ class MDNHead(nn.Module):
         self.n_components = n = _check_positive_int("n_components", n_components)
         self.covariance = covariance
         self.min_scale = float(min_scale)
+        #: per-dimension floor on standard deviations (>= min_scale); MDN.standardize raises it
+        #: to the resolution of a target recorded on a grid (see MDN's ``target_resolution``)
+        self.register_buffer("scale_floor", torch.full((d,), self.min_scale))
         n_scale = {"diagonal": n * d, "isotropic": n, "full": n * d * (d + 1) // 2}[covariance]
         self._split = [n, n * d, n_scale]
         self.linear = nn.Linear(in_features, sum(self._split))
@@ -166,12 +185,15 @@ class MDNHead(nn.Module):
         bias = self.linear.bias
         bias[k] = logit
         bias[n + k * d : n + (k + 1) * d] = loc
-        raw = _softplus_inverse((scale - self.min_scale).clamp_min(1e-4))
+        floor = self.scale_floor
+        if self.covariance == "isotropic":  # one scale: the RMS of the d wanted ones
+            scale, floor = scale.square().mean().sqrt(), floor.max()
+        raw = _softplus_inverse((scale - floor).clamp_min(1e-4))
         start = n + n * d
         if self.covariance == "diagonal":
             bias[start + k * d : start + (k + 1) * d] = raw
         elif self.covariance == "isotropic":
-            bias[start + k] = raw.square().mean().sqrt()
+            bias[start + k] = raw
         else:
             m = self._split[2] // n
             block = torch.zeros(m, dtype=bias.dtype, device=bias.device)
@@ -212,7 +234,7 @@ class MDNHead(nn.Module):
             members = z[assign == k]
             share = len(members) / len(z)
             std = members.std(0) if len(members) > 1 else fallback
-            std = torch.where(std > 0, std, fallback).clamp_min(2 * self.min_scale)
+            std = torch.maximum(torch.where(std > 0, std, fallback), 2 * self.scale_floor)
             self.set_component(
                 k, centers[k], std, math.log(0.5 * share + 0.5 / n), zero_weights=False
             )
@@ -228,7 +250,7 @@ class MDNHead(nn.Module):
             # (softplus only on the d diagonal entries, not all d(d+1)/2)
             i = torch.arange(d, device=raw.device)
             pos = i * (i + 3) // 2  # where (i, i) sits in the row-major packing of the tril
-            diag = (F.softplus(raw.index_select(-1, pos)) + self.min_scale).reciprocal()
+            diag = (F.softplus(raw.index_select(-1, pos)) + self.scale_floor).reciprocal()
             entries = raw.index_copy(-1, pos, diag)
             flat = raw.new_zeros(raw.shape[:-1] + (d * d,))
             prec = flat.index_copy(-1, self._tril_index, entries).unflatten(-1, (d, d))
@@ -238,9 +260,10 @@ class MDNHead(nn.Module):
                     sd = torch.linalg.solve_triangular(prec, eye, upper=False).norm(dim=-1)
                 loc = _scale_grad(loc, sd)
             return GaussianMixture._from_precision_tril(logits, loc, prec, validate_args=False)
-        scale = F.softplus(raw) + self.min_scale
         if self.covariance == "diagonal":
-            scale = scale.unflatten(-1, (n, d))
+            scale = F.softplus(raw.unflatten(-1, (n, d))) + self.scale_floor
+        else:
+            scale = F.softplus(raw) + self.scale_floor.max()
         if self.mean_grad_scaling:
             loc = _scale_grad(loc, scale if self.covariance == "diagonal" else scale.unsqueeze(-1))
         return GaussianMixture(logits, loc, scale=scale, validate_args=False)
@@ -267,6 +290,14 @@ class MDN(nn.Module):
         covariance: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
         activation: ``"tanh"``, ``"relu"``, ``"silu"`` or ``"gelu"``.
         min_scale: floor on the standard deviations, in standardised units of y.
+        target_resolution: the resolution ``h`` at which y is recorded (a number or one per
+            column, in y's units; 0 for continuous), or ``"auto"`` to detect it in
+            :meth:`standardize` with :func:`target_resolution`, or ``None`` for no such floor.
+            Standard deviations are floored at ``h / sqrt(12)``, the spread of rounding to
+            a grid of step ``h`` (Sheppard): without it, components of a target with few
+            distinct values (a 0-10 score) collapse onto the grid points, and the density
+            spikes that result score arbitrarily well on grid points and arbitrarily badly
+            between them.
         feature_names, target_names: optional column names, kept in saved models.
 
     Example:
@@ -285,10 +316,12 @@ class MDN(nn.Module):
         covariance: str = "diagonal",
         activation: str = "silu",
         min_scale: float = 1e-3,
+        target_resolution: str | float | Sequence[float] | None = "auto",
         feature_names: Sequence[str] | None = None,
         target_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.target_resolution = self._check_resolution(target_resolution, out_features)
         self.backbone = MLP(in_features, tuple(hidden), activation)
         self.head = MDNHead(
             self.backbone.out_features, out_features, n_components, covariance, min_scale
@@ -323,6 +356,7 @@ class MDN(nn.Module):
             "covariance": self.head.covariance,
             "activation": act,
             "min_scale": self.head.min_scale,
+            "target_resolution": self.target_resolution,
             "feature_names": self.feature_names,
             "target_names": self.target_names,
         }
@@ -347,8 +381,38 @@ class MDN(nn.Module):
         self.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
         self.y_loc.copy_(y.mean(0))
         self.y_scale.copy_(y_std)
+        self.set_resolution(
+            target_resolution(y) if self.target_resolution == "auto" else self.target_resolution
+        )
         self.standardized.fill_(True)
         return self
+
+    @torch.no_grad()
+    def set_resolution(self, resolution: float | Sequence[float] | Tensor | None) -> MDN:
+        """Floor each target column's standard deviations at ``resolution / sqrt(12)`` (y's
+        units; at least ``min_scale`` standardised units). Needs ``y_scale`` to be set."""
+        floor = self.head.scale_floor
+        floor.fill_(self.head.min_scale)
+        if resolution is not None:
+            h = torch.as_tensor(resolution, dtype=floor.dtype).to(floor.device).expand_as(floor)
+            floor.copy_(torch.maximum(floor, h / math.sqrt(12) / self.y_scale))
+        return self
+
+    @staticmethod
+    def _check_resolution(value: Any, d: int) -> str | float | list[float] | None:
+        if value is None or value == "auto":
+            return value
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        ok = len(vals) in (1, d) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in vals
+        )
+        if not ok:
+            raise InputError(
+                f"target_resolution must be 'auto', None, a number >= 0 or {d} such numbers "
+                f"(one per target column); got {value!r}"
+            )
+        return [float(v) for v in vals] if isinstance(value, (list, tuple)) else float(value)
 
     def _check_x(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
