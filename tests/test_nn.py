@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from torchmdn import MDN, MLP, GaussianMixture, MDNHead
-from torchmdn.nn import target_resolution as torchmdn_target_resolution
 from torchmdn.errors import InputError
+from torchmdn.nn import target_resolution as torchmdn_target_resolution
 
 KINDS = ("diagonal", "isotropic", "full")
 

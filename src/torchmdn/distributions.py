@@ -407,8 +407,8 @@ class GaussianMixture(Distribution):
         return (w * (self.component_covariance + outer)).sum(-3)
 
     # ------------------------------------------------------------------ queries
-    # Thin wrappers: the math lives in torchmdn.queries (imported lazily, so that this module
-    # still imports nothing else from the package at load time).
+    # Thin wrappers: the math lives in torchmdn.queries, .hdr and .modes (imported lazily,
+    # so that this module still imports nothing else from the package at load time).
 
     def cdf(self, value: Tensor) -> Tensor:
         """Joint CDF ``P(Y <= value)``: ``(*S, *B, d) -> (*S, *B)``; see ``queries.cdf``."""
@@ -429,17 +429,17 @@ class GaussianMixture(Distribution):
         return interval(self, level)
 
     def hdr(self, level: float = 0.9) -> list:
-        """Highest-density region for d = 1: lists of ``(low, high)``; see ``queries.hdr``."""
-        from .queries import hdr
+        """Highest-density region for d = 1: lists of ``(low, high)``; see ``torchmdn.hdr``."""
+        from .hdr import hdr
 
         return hdr(self, level)
 
     def modes(self, max_iter: int = 2000, tol: float | None = None):
         """All local modes ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))``, best first.
 
-        Fixed-point iteration from every component mean; see ``queries.modes``.
+        Fixed-point iteration from every component mean; see ``torchmdn.modes``.
         """
-        from .queries import modes
+        from .modes import modes
 
         return modes(self, max_iter=max_iter, tol=tol)
 
@@ -451,7 +451,7 @@ class GaussianMixture(Distribution):
         Nothing in torch reads ``mode`` of a mixture except ``Independent(gm, k).mode``, which
         is not supported.
         """
-        from .queries import mode
+        from .modes import mode
 
         return mode(self, max_iter=max_iter, tol=tol)
 

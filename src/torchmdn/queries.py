@@ -1,4 +1,4 @@
-r"""Questions asked of a predicted Gaussian mixture: CDF, quantiles, intervals, HDRs, modes,
+r"""Questions asked of a predicted Gaussian mixture: CDF, quantiles, intervals,
 marginals, conditionals, entropy and KL divergence.
 
 Every function takes a :class:`~torchmdn.GaussianMixture` and is vectorised over its batch
@@ -7,10 +7,8 @@ the accuracies quoted below). ``GaussianMixture`` has thin methods that call the
 
 - ``cdf`` is exact (closed form) for ``d = 1`` and, for ``d > 1``, for diagonal and isotropic
   components; ``icdf``/``interval`` invert the 1-d CDF by bracketed Newton + bisection.
-- ``hdr`` finds the highest-density region of Hyndman (1996) on a grid fitted to every
-  component, with exact masses from the CDF.
-- ``modes`` runs the fixed-point (mean-shift) iteration of Carreira-Perpiñán (2000) from every
-  component mean.
+- ``hdr`` (highest-density regions) and ``modes`` live in :mod:`torchmdn.hdr` and
+  :mod:`torchmdn.modes`.
 - ``marginal`` and ``condition`` are closed form and return a new ``GaussianMixture``.
 - ``entropy`` and ``kl_divergence`` are Monte Carlo estimates with a standard error.
 """
@@ -29,42 +27,18 @@ from .distributions import GaussianMixture
 from .errors import InputError, InputTypeError
 
 __all__ = [
-    "Modes",
     "MonteCarloEstimate",
     "cdf",
     "condition",
     "entropy",
-    "hdr",
     "icdf",
     "interval",
     "kl_divergence",
     "marginal",
-    "mode",
-    "modes",
     "marginals_1d",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-class Modes(NamedTuple):
-    """Local modes of each mixture in a batch, most probable first.
-
-    Attributes:
-        loc: ``(*B, k, d)`` mode locations, ``k`` the most modes of any batch element;
-            slots past an element's own count hold NaN.
-        log_prob: ``(*B, k)`` log density at each mode (``-inf`` in unused slots).
-        valid: ``(*B, k)`` boolean, ``True`` where the slot holds a mode.
-    """
-
-    loc: Tensor
-    log_prob: Tensor
-    valid: Tensor
-
-    @property
-    def density(self) -> Tensor:
-        """Density at each mode, ``(*B, k)`` (0 in unused slots)."""
-        return self.log_prob.exp()
 
 
 class MonteCarloEstimate(NamedTuple):
@@ -310,260 +284,6 @@ def interval(gm: GaussianMixture, level: float = 0.9) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------- highest-density regions
-
-_HDR_GRID = 256  # grid points per component, spread over ±_HDR_SPAN standard deviations
-_HDR_SPAN = 9.0
-
-
-def _dlogp(loc: Tensor, std: Tensor, logw: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    # log density of a 1-d mixture and its derivative at x [..., k], components [..., 1, n]
-    z = (x.unsqueeze(-1) - loc) / std  # [..., k, n]
-    comp = logw - 0.5 * z.square() - std.log() - 0.5 * _LOG_2PI
-    logp = torch.logsumexp(comp, -1)
-    resp = torch.exp(comp - logp.unsqueeze(-1))  # responsibilities
-    return logp, (resp * (-z / std)).sum(-1)
-
-
-def _hdr_threshold(gm: GaussianMixture, level: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Log-density threshold ``(*B,)`` and the region's boundaries as crossing points.
-
-    Returns ``(log_c, roots, sign)``: ``roots (*B, k)`` where ``log p`` crosses ``log_c`` and
-    ``sign`` ``+1`` (entering the region), ``-1`` (leaving it) or ``0`` (unused slot).
-    """
-    loc, std = gm.loc.squeeze(-1), _component_std(gm).squeeze(-1)  # [*B, n]
-    logw = gm.log_weights
-    dtype, device = loc.dtype, loc.device
-    t = torch.linspace(-_HDR_SPAN, _HDR_SPAN, _HDR_GRID, dtype=dtype, device=device)
-    # a grid fitted to every component: narrow and wide components are both resolved
-    grid = (loc.unsqueeze(-1) + std.unsqueeze(-1) * t).flatten(-2)  # [*B, n*G]
-    grid = grid.sort(-1).values
-    lw, lc, sd = logw.unsqueeze(-2), loc.unsqueeze(-2), std.unsqueeze(-2)  # [*B, 1, n]
-    z = (grid.unsqueeze(-1) - lc) / sd
-    logp = torch.logsumexp(lw - 0.5 * z.square() - sd.log(), -1) - 0.5 * _LOG_2PI  # [*B, N]
-    cdf_grid = (lw.exp() * ndtr(z)).sum(-1)  # [*B, N]
-    cell = (cdf_grid[..., 1:] - cdf_grid[..., :-1]).clamp_min(0)  # exact cell masses
-
-    # at most one up- and one down-crossing per local maximum seen on the grid
-    peaks = logp[..., 1:-1] > torch.maximum(logp[..., :-2], logp[..., 2:])
-    k = 2 * int(peaks.sum(-1).max().item()) + 4 if logp.shape[-1] > 2 else 4
-    k = min(k, logp.shape[-1] - 1)
-
-    finite = torch.isfinite(logp)
-    hi_c = logp.amax(-1)
-    lo_c = torch.where(finite, logp, torch.inf).amin(-1)
-
-    def mass(log_c: Tensor, polish: int) -> tuple[Tensor, Tensor, Tensor]:
-        inside = logp >= log_c.unsqueeze(-1)  # [*B, N]
-        both = inside[..., 1:] & inside[..., :-1]
-        full = (cell * both).sum(-1)
-        change = inside[..., 1:] != inside[..., :-1]  # [*B, N-1]
-        score, idx = change.to(dtype).topk(k, dim=-1)  # crossing cells first
-        used = score > 0
-        a, b = grid.gather(-1, idx), grid.gather(-1, idx + 1)
-        la, lb = logp.gather(-1, idx), logp.gather(-1, idx + 1)
-        up = inside.gather(-1, idx + 1)  # entering the region at this crossing
-        # start from linear interpolation of log p, then Newton on log p(r) = log c
-        frac = ((log_c.unsqueeze(-1) - la) / (lb - la)).nan_to_num(0.5).clamp(0, 1)
-        r = a + frac * (b - a)
-        for _ in range(polish):
-            lp, dlp = _dlogp(lc, sd, lw, r)
-            r_new = r - (lp - log_c.unsqueeze(-1)) / dlp
-            r = torch.where(torch.isfinite(r_new), r_new, r).clamp(a, b)
-        fr = (lw.exp() * ndtr((r.unsqueeze(-1) - lc) / sd)).sum(-1)  # [*B, k]
-        ca = cdf_grid.gather(-1, idx)
-        cb = cdf_grid.gather(-1, idx + 1)
-        part = torch.where(up, cb - fr, fr - ca) * used
-        total = full + part.sum(-1)
-        # region touching the grid's ends (only for levels close to 1)
-        total = (
-            total + inside[..., 0] * cdf_grid[..., 0] + inside[..., -1] * (1 - cdf_grid[..., -1])
-        )
-        sign = torch.where(used, torch.where(up, 1, -1), 0)
-        return total, r, sign
-
-    # bisection on log c: mass(c) falls as c rises
-    lo, hi = lo_c.clone(), hi_c.clone()
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        m, _, _ = mass(mid, polish=8)
-        too_much = m > level
-        lo = torch.where(too_much, mid, lo)
-        hi = torch.where(too_much, hi, mid)
-    log_c = 0.5 * (lo + hi)
-    _, roots, sign = mass(log_c, polish=8)
-    return log_c, roots, sign
-
-
-def hdr(gm: GaussianMixture, level: float = 0.9) -> list:
-    r"""Highest-density region (Hyndman 1996) of a 1-d mixture: ``{y : p(y) >= c}`` with ``c``
-    chosen so that the region holds probability ``level``.
-
-    The density is evaluated on a grid of 256 points over ±9 standard deviations of *every*
-    component (so a narrow peak next to a wide one is resolved), the threshold ``c`` is found
-    by 60 bisection steps on ``log c``, each boundary is refined by Newton's method on
-    ``log p(y) = log c``, and the enclosed mass is computed exactly from the CDF. In float64
-    the returned region holds ``level`` to about 1e-9. Density bumps narrower than 1/28 of
-    their own component's standard deviation (possible only as tiny ripples of near-coincident
-    components) can be missed.
-
-    Args:
-        gm: a mixture with ``d = 1``, batch shape ``B``.
-        level: probability in ``(0, 1)`` the region holds.
-
-    Returns:
-        A list of ``(low, high)`` float pairs for ``B = ()``; otherwise nested lists in the
-        layout of ``Tensor.tolist()`` over ``B``, one list of intervals per batch element
-        (several intervals for a multimodal prediction), sorted from left to right.
-    """
-    gm = _check_mixture(gm, "hdr")
-    _require_1d(gm, "hdr")
-    level = _check_level(level)
-    _, roots, sign = _hdr_threshold(gm, level)
-    order = torch.where(sign != 0, roots, torch.inf).argsort(-1)
-    roots, sign = roots.gather(-1, order), sign.gather(-1, order)
-    flat_r = roots.reshape(-1, roots.shape[-1]).tolist()
-    flat_s = sign.reshape(-1, sign.shape[-1]).tolist()
-    out = []
-    for rs, ss in zip(flat_r, flat_s, strict=True):
-        intervals, start = [], None
-        for r, s in zip(rs, ss, strict=True):
-            if s == 1:
-                start = r
-            elif s == -1:
-                intervals.append((-math.inf if start is None else start, r))
-                start = None
-        if start is not None:
-            intervals.append((start, math.inf))
-        out.append(intervals)
-    if not gm.batch_shape:
-        return out[0]
-    for size in reversed(gm.batch_shape[1:]):
-        out = [out[i : i + size] for i in range(0, len(out), size)]
-    return out
-
-
-# ---------------------------------------------------------------------- modes
-
-
-def _precisions(gm: GaussianMixture) -> Tensor:
-    """Per-component precision ``Σ_i⁻¹`` as ``(*B, n, d, d)`` (full) or ``(*B, n, d)``."""
-    kind = gm.covariance_type
-    if kind == "full":
-        eye = torch.eye(_dim(gm), dtype=gm.loc.dtype, device=gm.loc.device)
-        inv = torch.linalg.solve_triangular(gm.scale_tril, eye, upper=False)  # L⁻¹
-        return inv.mT @ inv
-    return _component_std(gm).square().reciprocal()
-
-
-def modes(gm: GaussianMixture, max_iter: int = 2000, tol: float | None = None) -> Modes:
-    r"""All local modes of each mixture, with their log densities.
-
-    Starts the fixed-point (mean-shift) iteration of Carreira-Perpiñán (2000),
-
-    .. math::
-
-        x \leftarrow \Big(\sum_i r_i(x) Σ_i^{-1}\Big)^{-1} \sum_i r_i(x) Σ_i^{-1} μ_i,
-        \qquad r_i(x) = \frac{π_i N(x; μ_i, Σ_i)}{p(x)},
-
-    from every component mean (all batch elements and starts at once; the density never
-    decreases along the iteration), then merges the end points that lie within 1e-3 local
-    standard deviations of each other. This finds every mode in all cases we know of in
-    practice, but there is no proof that a mode can never be missed for heteroscedastic
-    mixtures. Convergence is linear; near a flat top (two components about to merge) it is slow,
-    hence the generous ``max_iter``.
-
-    Args:
-        gm: the mixture (diagonal, isotropic or full), batch shape ``B``, event ``(d,)``.
-        max_iter: iteration cap.
-        tol: stopping step size in local standard deviations (default ``1e-10`` in float64,
-            ``1e-4`` in lower precision).
-
-    Returns:
-        :class:`Modes` ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))`` sorted by density,
-        highest first; ``k`` is the largest number of modes in the batch.
-    """
-    gm = _check_mixture(gm, "modes")
-    if tol is None:
-        tol = 1e-10 if gm.loc.dtype == torch.float64 else 1e-4
-    full = gm.covariance_type == "full"
-    eps = torch.finfo(gm.loc.dtype).eps
-    loc, logw = gm.loc, gm.log_weights  # [*B, n, d], [*B, n]
-    prec = _precisions(gm)
-    prec_mu = (prec @ loc.unsqueeze(-1)).squeeze(-1) if full else prec * loc  # [*B, n, d]
-    x = loc.clone()  # one start per component mean: [*B, s=n, d]
-    if full:
-        eye = torch.eye(_dim(gm), dtype=loc.dtype, device=loc.device)
-        inv_tril = torch.linalg.solve_triangular(gm.scale_tril, eye, upper=False).unsqueeze(-4)
-        half_log_det = gm.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).unsqueeze(-2)
-    else:
-        std = _component_std(gm).unsqueeze(-3)  # [*B, 1, n, d]
-        half_log_det = std.log().sum(-1)  # [*B, 1, n]
-
-    def weighted(x: Tensor) -> tuple[Tensor, Tensor]:
-        # responsibilities of each component for each start: [*B, s, n]
-        diff = x.unsqueeze(-2) - loc.unsqueeze(-3)  # [*B, s, n, d]
-        z = (inv_tril @ diff.unsqueeze(-1)).squeeze(-1) if full else diff / std
-        comp = -0.5 * z.square().sum(-1) - half_log_det  # [*B, s, n] (constants dropped)
-        joint = logw.unsqueeze(-2) + comp
-        r = torch.exp(joint - torch.logsumexp(joint, -1, keepdim=True))  # responsibilities
-        if full:
-            a = torch.einsum("...sn,...nij->...sij", r, prec)  # [*B, s, d, d]
-        else:
-            a = torch.einsum("...sn,...nd->...sd", r, prec)  # [*B, s, d]
-        b = torch.einsum("...sn,...nd->...sd", r, prec_mu)
-        return a, b
-
-    a = None
-    for i in range(max_iter):
-        a, b = weighted(x)
-        x_new = torch.linalg.solve(a, b) if full else b / a
-        step = x_new - x
-        x = x_new
-        if i % 10 == 9:
-            # step length in local standard deviations (metric A = Σ r_i Σ_i⁻¹)
-            if full:
-                dist2 = (step.unsqueeze(-2) @ a @ step.unsqueeze(-1)).squeeze(-1).squeeze(-1)
-            else:
-                dist2 = (a * step.square()).sum(-1)
-            # ... or a step at the round-off level of x (float32 can cycle there)
-            tiny = (step.abs() <= 8 * eps * x.abs()).all(-1)
-            if bool(((dist2 <= tol**2) | tiny).all()):
-                break
-    a, _ = weighted(x)
-    # merge end points within 1e-3 local standard deviations (pairs [*B, s, s])
-    diff = x.unsqueeze(-2) - x.unsqueeze(-3)  # [*B, s, t, d]
-    if full:
-        d2 = (diff.unsqueeze(-2) @ a.unsqueeze(-3) @ diff.unsqueeze(-1)).squeeze(-1).squeeze(-1)
-    else:
-        d2 = (a.unsqueeze(-2) * diff.square()).sum(-1)
-    close = d2 <= 1e-6
-    logp = gm.log_prob(x.movedim(-2, 0)).movedim(0, -1)  # [*B, s]
-    s = x.shape[-2]
-    idx = torch.arange(s, device=x.device)
-    # a start is kept when no better (higher density, or equal and earlier) start is close
-    better = (logp.unsqueeze(-2) > logp.unsqueeze(-1)) | (
-        (logp.unsqueeze(-2) == logp.unsqueeze(-1)) & (idx < idx.unsqueeze(-1))
-    )  # [*B, s, t]: t better than s
-    keep = ~(close & better).any(-1)
-    keep = keep & (logw > -torch.inf)  # a zero-weight component's mean is no start at all
-    score = torch.where(keep, logp, -torch.inf)
-    order = score.argsort(-1, descending=True)
-    k = max(int(keep.sum(-1).max().item()), 1) if keep.numel() else 1
-    order = order[..., :k]
-    valid = keep.gather(-1, order)
-    loc_out = x.gather(-2, order.unsqueeze(-1).expand(*order.shape, x.shape[-1]))
-    loc_out = torch.where(valid.unsqueeze(-1), loc_out, torch.nan)
-    lp = torch.where(valid, logp.gather(-1, order), -torch.inf)
-    return Modes(loc_out, lp, valid)
-
-
-def mode(gm: GaussianMixture, **kwargs: object) -> Tensor:
-    """The global mode (the most probable of :func:`modes`), ``(*B, d)``."""
-    return modes(gm, **kwargs).loc[..., 0, :]  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------- marginal, condition
-
 
 def marginal(gm: GaussianMixture, dims: Sequence[int] | int) -> GaussianMixture:
     """The marginal distribution of the dimensions ``dims`` (closed form).
