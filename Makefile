@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CI and this Makefile pin the CPU build of torch; pyproject.toml declares a range for users.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean speech-demo
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -13,13 +13,18 @@ $(BIN)/activate:
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[plot,sklearn,dev,data,export]' $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[plot,sklearn,dev,data,export,stream]' $(TORCH_PIN)
 	touch $@
 
 venv: $(VENV)/.installed
 
 demo: venv
 	$(BIN)/torchmdn demo --out demo-out
+
+# issue 9: eSpeak NG comes from PyPI (espeakng-loader, in the speech extra); no apt needed
+speech-demo: venv
+	$(BIN)/pip install -q -e '.[speech]' $(TORCH_PIN)
+	$(BIN)/torchmdn demo speech --out demo-out/speech
 
 test: venv
 	$(BIN)/python -m pytest -q

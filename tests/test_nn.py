@@ -192,7 +192,9 @@ def test_target_resolution_none_or_explicit_and_bad_values():
     off = MDN(1, 1, target_resolution=None).standardize(x, y)
     torch.testing.assert_close(off.head.scale_floor, torch.tensor([1e-3]))
     fixed = MDN(1, 1, target_resolution=0.5).standardize(x, y)
-    torch.testing.assert_close(fixed.head.scale_floor * fixed.y_scale, torch.tensor([0.5 / math.sqrt(12)]))
+    torch.testing.assert_close(
+        fixed.head.scale_floor * fixed.y_scale, torch.tensor([0.5 / math.sqrt(12)])
+    )
     for bad in (-1.0, float("nan"), "grid", [1.0, 2.0], True):
         with pytest.raises(InputError, match="target_resolution"):
             MDN(1, 1, target_resolution=bad)

@@ -10,6 +10,7 @@ from .errors import TorchMDNError
 from .io import load, save
 from .nn import MDN, MLP, MDNHead
 from .sequence import MDNRNN, PenStateHead, SequenceGenerator, fit_sequences  # issue 7
+from .streaming import TableSource  # issue 8: data larger than memory
 from .train import History, fit
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "datasets",
     "metrics",
     "fit",
+    "TableSource",
     "load",
     "save",
     "__version__",

@@ -129,6 +129,8 @@ def _split_names(text: str) -> list[str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.name == "bishop":
         from .demo import bishop_demo as run
+    elif args.name == "speech":
+        from .speech_demo import speech_demo as run
     else:
         from .sequence_demo import handwriting_demo, storms_demo
 
@@ -138,6 +140,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(
             f"test NLL {result.test_nll:.4f} nats  (floor {result.floor}: no model can do better)"
         )
+    elif args.name == "speech":
+        print(result.table)
+        print(f"wrote {len(result.files)} files (PNG images, WAV files) to {args.out}")
+        return 0
     else:
         print(f"{args.name}: held-out NLL {result.test_nll:.4f} nats per step")
     print(f"epochs {result.history.epochs}, {result.history.time_s:.1f} s")
@@ -147,23 +153,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from .distributed import launched_rank
     from .io import save
     from .nn import MDN
+    from .streaming import TableSource
     from .train import fit
 
-    table = read_csv(args.data)
     targets = _split_names(args.target)
-    features = (
-        _split_names(args.features)
-        if args.features
-        else [c for c in table.header if c not in targets]
-    )
     if not targets:
         raise InputError("--target names no column")
-    if not features:
-        raise InputError(f"no feature columns left besides the targets {targets}; pass --features")
-    x = columns(table, features).float()
-    y = columns(table, targets).float()
+    parquet = any(Path(p).suffix.lower() in (".parquet", ".pq") for p in args.data)
+    if args.stream or parquet or len(args.data) > 1:
+        features = _split_names(args.features) if args.features else None
+        source = TableSource(args.data, targets, features, chunk_rows=args.chunk_rows)
+        data, features, rows = (source,), source.features, "streamed"
+    else:
+        table = read_csv(args.data[0])
+        features = (
+            _split_names(args.features)
+            if args.features
+            else [c for c in table.header if c not in targets]
+        )
+        if not features:
+            raise InputError(
+                f"no feature columns left besides the targets {targets}; pass --features"
+            )
+        data = (columns(table, features).float(), columns(table, targets).float())
+        rows = len(data[0])
     hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(args.seed)
@@ -177,9 +193,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             target_names=targets,
         )
     history = fit(
-        model, x, y, max_epochs=args.epochs, random_state=args.seed, progress=not args.quiet
+        model,
+        *data,
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        random_state=args.seed,
+        progress=not args.quiet,
     )
-    save(model, args.output, metadata={"trained_on": str(args.data), "rows": len(x)})
+    if launched_rank() != 0:  # under torchrun, rank 0 alone writes and reports
+        return 0
+    trained_on = ",".join(str(p) for p in args.data)
+    save(model, args.output, metadata={"trained_on": trained_on, "rows": rows})
     val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
     print(f"trained {history.epochs} epochs in {history.time_s:.1f} s{val}; wrote {args.output}")
     return 0
@@ -268,15 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="train a demo model (default: Bishop's inverse problem) and plot"
     )
-    d.add_argument("name", nargs="?", default="bishop", choices=["bishop", "handwriting", "storms"],
-                   help="bishop (default), handwriting or storms (these two need torchmdn[data])")  # fmt: skip
+    d.add_argument("name", nargs="?", default="bishop", choices=["bishop", "handwriting", "storms", "speech"],
+                   help="bishop (default), handwriting or storms (these two need torchmdn[data]), "
+                        "speech (needs torchmdn[speech]; a few minutes)")  # fmt: skip
     d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(run=_cmd_demo)
 
-    f = sub.add_parser("fit", help="train an MDN on a CSV file")
-    f.add_argument("data", help="CSV file with a header row")
+    f = sub.add_parser(
+        "fit",
+        help="train an MDN on a CSV file (or stream CSV/Parquet files; data parallel "
+        "under torchrun --nproc_per_node=N -m torchmdn fit ...)",
+    )
+    f.add_argument("data", nargs="+", help="CSV file with a header row, or CSV/Parquet files")
+    f.add_argument("--stream", action="store_true",
+                   help="read the data in chunks (implied by Parquet or several files)")  # fmt: skip
+    f.add_argument("--chunk-rows", type=int, default=65_536, help="rows per chunk when streaming")
+    f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--target", required=True, help="target column(s), comma-separated")
     f.add_argument("--features", help="feature columns (default: all other columns)")
     f.add_argument("--components", type=int, default=10)

@@ -363,27 +363,42 @@ class MDN(nn.Module):
 
     @torch.no_grad()
     def standardize(self, x: Tensor, y: Tensor) -> MDN:
-        """Set the normalisers from data: per-column mean and standard deviation.
-
-        A constant input column gets scale 1 (it carries no information); a constant target
-        column is an error, since its density is not defined.
-        """
+        """Set the normalisers from data: per-column mean and standard deviation (see
+        :meth:`set_normalizers` for the rules)."""
         x, y = self._check_x(x), self._check_y(y)
-        y_std = y.std(0) if len(y) > 1 else torch.zeros_like(y[0])
+        one = len(y) < 2  # one row: std is undefined; set_normalizers reports it
+        return self.set_normalizers(
+            x.mean(0), torch.ones_like(x[0]) if one else x.std(0),
+            y.mean(0), torch.zeros_like(y[0]) if one else y.std(0), y_sample=y,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def set_normalizers(
+        self, x_loc: Tensor, x_scale: Tensor, y_loc: Tensor, y_scale: Tensor,
+        y_sample: Tensor | None = None,
+    ) -> MDN:  # fmt: skip
+        """Set the normalisers from column means and standard deviations (e.g. computed in a
+        streaming pass). A constant input column gets scale 1 (it carries no information); a
+        constant target column is an error, since its density is not defined. With
+        ``target_resolution="auto"`` the grid step of y is detected on ``y_sample`` (rows of
+        y; ``None``: no detection)."""
+        y_std = torch.as_tensor(y_scale).to(self.y_scale)
         if (y_std == 0).any() or not torch.isfinite(y_std).all():
-            cols = torch.nonzero(y_std == 0).flatten().tolist()
+            cols = torch.nonzero(~(y_std > 0)).flatten().tolist()
             raise InputError(
                 f"target column(s) {cols} are constant (or have one row): a density over a "
                 "constant is not defined. Drop the column or add more varied data."
             )
-        x_std = x.std(0) if len(x) > 1 else torch.ones_like(x[0])
-        self.x_loc.copy_(x.mean(0))
+        x_std = torch.as_tensor(x_scale).to(self.x_scale)
+        self.x_loc.copy_(torch.as_tensor(x_loc))
         self.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
-        self.y_loc.copy_(y.mean(0))
+        self.y_loc.copy_(torch.as_tensor(y_loc))
         self.y_scale.copy_(y_std)
-        self.set_resolution(
-            target_resolution(y) if self.target_resolution == "auto" else self.target_resolution
-        )
+        if self.target_resolution != "auto":
+            self.set_resolution(self.target_resolution)
+        else:
+            sample = None if y_sample is None else self._check_y(y_sample)
+            self.set_resolution(None if sample is None else target_resolution(sample))
         self.standardized.fill_(True)
         return self
 

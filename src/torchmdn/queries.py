@@ -285,6 +285,7 @@ def interval(gm: GaussianMixture, level: float = 0.9) -> tuple[Tensor, Tensor]:
 
 # ---------------------------------------------------------------------- highest-density regions
 
+
 def marginal(gm: GaussianMixture, dims: Sequence[int] | int) -> GaussianMixture:
     """The marginal distribution of the dimensions ``dims`` (closed form).
 
