@@ -242,7 +242,10 @@ class MDNHead(nn.Module):
     def forward(self, h: Tensor) -> GaussianMixture:
         """Map features ``(*, in_features)`` to a GaussianMixture with batch shape ``*``."""
         n, d = self.n_components, self.out_features
-        logits, loc, raw = self.linear(h).split(self._split, dim=-1)
+        # contiguous pieces: elementwise kernels on strided column slices of the output take
+        # a slow path (softplus on a slice of a [1024, 40] output: ~10x slower than a copy
+        # of it plus softplus on the copy)
+        logits, loc, raw = (t.contiguous() for t in self.linear(h).split(self._split, dim=-1))
         loc = loc.unflatten(-1, (n, d))
         if self.covariance == "full":
             raw = raw.unflatten(-1, (n, -1))  # [*, n, d(d+1)/2]
