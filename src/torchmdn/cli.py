@@ -312,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--target", required=True, help="target column(s), comma-separated")
     f.add_argument("--features", help="feature columns (default: all other columns)")
-    f.add_argument("--components", type=int, default=10)
+    f.add_argument(
+        "--components", type=int, default=5, help="mixture components (default 5, as MDN)"
+    )
     f.add_argument("--covariance", choices=["diagonal", "isotropic", "full"], default="diagonal")
     f.add_argument("--hidden", help="hidden layer widths, e.g. 128,128")
     f.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping)")
