@@ -409,3 +409,21 @@ def test_target_resolution_and_its_floor_travel(tmp_path, resolution):
     loaded = load(tmp_path / "m.safetensors")
     assert loaded.target_resolution == model.target_resolution
     assert torch.equal(loaded.head.scale_floor, model.head.scale_floor)
+
+
+def test_file_from_before_the_per_dimension_floor_still_loads(tmp_path):
+    # session-1 files had no head.scale_floor tensor and no target_resolution in the config
+    from torchmdn.io import _write, read_header
+
+    model = _tiny(1)
+    model.standardize(*_data(1))
+    save(model, tmp_path / "new.safetensors")
+    header = read_header(tmp_path / "new.safetensors")
+    del header["config"]["target_resolution"]
+    tensors = {k: v for k, v in model.state_dict().items() if k != "head.scale_floor"}
+    _write(tmp_path / "old.safetensors", tensors, header)
+    old = load(tmp_path / "old.safetensors")
+    torch.testing.assert_close(old.head.scale_floor, torch.full((1,), model.head.min_scale))
+    x, y = _data(1)
+    with torch.no_grad():
+        torch.testing.assert_close(old.log_prob(x, y), model.log_prob(x, y))

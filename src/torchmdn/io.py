@@ -126,6 +126,9 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:
         raise ModelFileError(f"{path}: weights do not match the config ({err})") from err
+    # files written before heads had a per-dimension floor: the new model's default floor
+    # (min_scale everywhere) is exactly how they behaved
+    missing = [k for k in missing if not k.endswith("head.scale_floor")]
     if missing or unexpected:
         raise ModelFileError(
             f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})"
