@@ -198,3 +198,28 @@ def test_target_resolution_none_or_explicit_and_bad_values():
     for bad in (-1.0, float("nan"), "grid", [1.0, 2.0], True):
         with pytest.raises(InputError, match="target_resolution"):
             MDN(1, 1, target_resolution=bad)
+
+
+def test_normaliser_rules_are_shared_by_mdn_mdnrnn_and_the_mse_baseline():
+    from torchmdn import MDNRNN
+    from torchmdn.speech_model import MSEBaseline
+
+    x = torch.randn(50, 2)
+    x[:, 1] = 3.0  # a constant input column: scale 1
+    y = torch.stack([torch.randn(50), torch.full((50,), 7.0)], 1)  # target column 1 constant
+    for model, args, where in (
+        (MDN(2, 2), (x, y), r"\(or have one row\)"),
+        (MDNRNN(2, 2, 2, hidden_size=4), (x[None], y[None]), "on the real steps"),
+        (MSEBaseline(2, 2, hidden=(4,)), (x, y), "MSEBaseline"),
+    ):
+        with pytest.raises(InputError, match=r"target column\(s\) \[1\] are constant.*" + where):
+            model.standardize(*args)
+        assert not bool(model.standardized)
+        y_ok = y.clone()
+        y_ok[:, 1] = torch.randn(50)
+        model.standardize(*(args[0], y_ok[None] if args[1].dim() == 3 else y_ok))
+        assert bool(model.standardized) and model.x_scale[1] == 1.0 and model.x_loc[1] == 3.0
+    with pytest.raises(InputError, match=r"\[0\] are constant or not finite"):
+        MDN(1, 1).set_normalizers(
+            torch.zeros(1), torch.ones(1), torch.zeros(1), torch.tensor([math.inf])
+        )

@@ -19,7 +19,15 @@ from torch import Tensor, nn
 from .distributions import GaussianMixture
 from .errors import InputError
 
-__all__ = ["MLP", "MDNHead", "MDN", "COVARIANCES", "ACTIVATIONS", "target_resolution"]
+__all__ = [
+    "MLP",
+    "MDNHead",
+    "MDN",
+    "COVARIANCES",
+    "ACTIVATIONS",
+    "target_resolution",
+    "write_normalizers",
+]
 
 COVARIANCES = ("diagonal", "isotropic", "full")
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -63,6 +71,32 @@ def target_resolution(y: Tensor) -> Tensor:
         if 2 <= len(values) <= len(y) / 2:
             out[j] = (values[1:] - values[:-1]).min()
     return out
+
+
+@torch.no_grad()
+def write_normalizers(
+    module: nn.Module, x_loc: Tensor, x_scale: Tensor, y_loc: Tensor, y_scale: Tensor,
+    context: str = "",
+) -> None:  # fmt: skip
+    """Copy column means and standard deviations into ``module``'s ``x_loc``, ``x_scale``,
+    ``y_loc``, ``y_scale`` buffers and mark it ``standardized``: the rules every model here
+    follows. A constant input column gets scale 1 (it carries no information); a constant or
+    non-finite target column is an :class:`InputError` (``context`` says where it was seen),
+    since a density over a constant is not defined."""
+    y_std = torch.as_tensor(y_scale).to(module.y_scale)
+    bad = ~(torch.isfinite(y_std) & (y_std > 0))
+    if bad.any():
+        raise InputError(
+            f"target column(s) {torch.nonzero(bad).flatten().tolist()} are constant or not "
+            f"finite{context}: a density over a constant is not defined. Drop the column or "
+            "add more varied data."
+        )
+    x_std = torch.as_tensor(x_scale).to(module.x_scale)
+    module.x_loc.copy_(torch.as_tensor(x_loc))
+    module.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
+    module.y_loc.copy_(torch.as_tensor(y_loc))
+    module.y_scale.copy_(y_std)
+    module.standardized.fill_(True)
 
 
 class MLP(nn.Sequential):
@@ -385,24 +419,12 @@ class MDN(nn.Module):
         constant target column is an error, since its density is not defined. With
         ``target_resolution="auto"`` the grid step of y is detected on ``y_sample`` (rows of
         y; ``None``: no detection)."""
-        y_std = torch.as_tensor(y_scale).to(self.y_scale)
-        if (y_std == 0).any() or not torch.isfinite(y_std).all():
-            cols = torch.nonzero(~(y_std > 0)).flatten().tolist()
-            raise InputError(
-                f"target column(s) {cols} are constant (or have one row): a density over a "
-                "constant is not defined. Drop the column or add more varied data."
-            )
-        x_std = torch.as_tensor(x_scale).to(self.x_scale)
-        self.x_loc.copy_(torch.as_tensor(x_loc))
-        self.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
-        self.y_loc.copy_(torch.as_tensor(y_loc))
-        self.y_scale.copy_(y_std)
+        write_normalizers(self, x_loc, x_scale, y_loc, y_scale, " (or have one row)")
         if self.target_resolution != "auto":
             self.set_resolution(self.target_resolution)
         else:
             sample = None if y_sample is None else self._check_y(y_sample)
             self.set_resolution(None if sample is None else target_resolution(sample))
-        self.standardized.fill_(True)
         return self
 
     @torch.no_grad()

@@ -36,7 +36,7 @@ from torch.distributions import Bernoulli, Categorical, Distribution
 
 from .distributions import GaussianMixture
 from .errors import InputError
-from .nn import COVARIANCES, MDNHead
+from .nn import COVARIANCES, MDNHead, write_normalizers
 
 __all__ = [
     "MDNRNN",
@@ -334,18 +334,7 @@ class MDNRNN(nn.Module):
         xs, ys = x[mask], y[mask][:, : self.out_features]  # [M, in], [M, d]
         if len(ys) < 2:
             raise InputError(f"standardize needs at least 2 real steps; got {len(ys)}")
-        y_std = ys.std(0)
-        if (y_std == 0).any() or not torch.isfinite(y_std).all():
-            raise InputError(
-                f"target column(s) {torch.nonzero(~(y_std > 0)).flatten().tolist()} are constant "
-                "or not finite on the real steps: a density over a constant is not defined"
-            )
-        x_std = xs.std(0)
-        self.x_loc.copy_(xs.mean(0))
-        self.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
-        self.y_loc.copy_(ys.mean(0))
-        self.y_scale.copy_(y_std)
-        self.standardized.fill_(True)
+        write_normalizers(self, xs.mean(0), xs.std(0), ys.mean(0), ys.std(0), " on the real steps")
         return self
 
     @torch.no_grad()

@@ -30,7 +30,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from .distributions import GaussianMixture
 from .errors import InputError
-from .nn import MLP
+from .nn import MLP, write_normalizers
 from .speech_audio import DB_PER_NAT
 
 __all__ = [
@@ -74,14 +74,7 @@ class MSEBaseline(nn.Module):
     @torch.no_grad()
     def standardize(self, x: Tensor, y: Tensor) -> MSEBaseline:
         """Set the normalisers from data (a constant input column gets scale 1)."""
-        x_std, y_std = x.std(0), y.std(0)
-        if not (y_std > 0).all():
-            raise InputError("MSEBaseline.standardize: a target column is constant")
-        self.x_loc.copy_(x.mean(0))
-        self.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
-        self.y_loc.copy_(y.mean(0))
-        self.y_scale.copy_(y_std)
-        self.standardized.fill_(True)
+        write_normalizers(self, x.mean(0), x.std(0), y.mean(0), y.std(0), " (MSEBaseline)")
         return self
 
     def standardized_mean(self, x: Tensor) -> Tensor:
