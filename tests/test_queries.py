@@ -250,3 +250,11 @@ def test_property_icdf_round_trip_any_scale(gm, q):
     assert x.shape == gm.batch_shape + (1,)
     assert torch.isfinite(x).all()
     assert (gm.cdf(x) - q).abs().max().item() <= 1e-6
+
+
+def test_shapes_that_do_not_broadcast_are_clear_errors():
+    gm = make("diagonal", (3,), 2, 1)
+    with pytest.raises(InputError, match=r"q of shape \(2,\) does not broadcast.*\(3,\)"):
+        gm.icdf(torch.tensor([0.1, 0.9], dtype=F64))
+    with pytest.raises(InputError, match=r"batch shapes \(3,\) and \(4,\) do not broadcast"):
+        Q.kl_divergence(gm, make("diagonal", (4,), 2, 1))

@@ -97,14 +97,20 @@ def _check_event(gm: GaussianMixture, y: Tensor, name: str) -> None:
             f"{name} must have shape (*batch, {d}) (the event shape is ({d},)); got shape "
             f"{tuple(y.shape)}. For d = 1 add the last axis: {name}.unsqueeze(-1)"
         )
+    _broadcast(
+        f"{name} of shape {tuple(y.shape)} does not broadcast against the batch shape "
+        f"{tuple(gm.batch_shape)}: expected (*sample, {', '.join(map(str, gm.batch_shape))}"
+        f"{', ' if gm.batch_shape else ''}{d})",
+        y.shape[:-1], gm.batch_shape,
+    )  # fmt: skip
+
+
+def _broadcast(message: str, *shapes: Sequence[int]) -> torch.Size:
+    """``torch.broadcast_shapes(*shapes)``, or an :class:`InputError` saying ``message``."""
     try:
-        torch.broadcast_shapes(y.shape[:-1], gm.batch_shape)
+        return torch.broadcast_shapes(*shapes)
     except RuntimeError as err:
-        raise InputError(
-            f"{name} of shape {tuple(y.shape)} does not broadcast against the batch shape "
-            f"{tuple(gm.batch_shape)}: expected (*sample, {', '.join(map(str, gm.batch_shape))}"
-            f"{', ' if gm.batch_shape else ''}{d})"
-        ) from err
+        raise InputError(message) from err
 
 
 def _check_level(level: object, name: str = "level") -> float:
@@ -224,13 +230,11 @@ def icdf(gm: GaussianMixture, q: Tensor | float, max_iter: int = 200) -> Tensor:
             f"q must hold probabilities in [0, 1]; got values from {q.min().item():.4g} to "
             f"{q.max().item():.4g}"
         )
-    try:
-        shape = torch.broadcast_shapes(q.shape, gm.batch_shape)
-    except RuntimeError as err:
-        raise InputError(
-            f"q of shape {tuple(q.shape)} does not broadcast against the batch shape "
-            f"{tuple(gm.batch_shape)}"
-        ) from err
+    shape = _broadcast(
+        f"q of shape {tuple(q.shape)} does not broadcast against the batch shape "
+        f"{tuple(gm.batch_shape)}",
+        q.shape, gm.batch_shape,
+    )  # fmt: skip
     q = q.expand(shape)
     w = gm.probs
     loc, std = gm.loc.squeeze(-1), _component_std(gm).squeeze(-1)  # [*B, n]
@@ -345,13 +349,11 @@ def condition(gm: GaussianMixture, dims: Sequence[int] | int, values: Tensor) ->
             f"values must have shape (*batch, {len(obs)}), one value per observed dim {obs}; "
             f"got shape {tuple(v.shape)}"
         )
-    try:
-        batch = torch.broadcast_shapes(v.shape[:-1], gm.batch_shape)
-    except RuntimeError as err:
-        raise InputError(
-            f"values of shape {tuple(v.shape)} do not broadcast against the batch shape "
-            f"{tuple(gm.batch_shape)}"
-        ) from err
+    batch = _broadcast(
+        f"values of shape {tuple(v.shape)} do not broadcast against the batch shape "
+        f"{tuple(gm.batch_shape)}",
+        v.shape[:-1], gm.batch_shape,
+    )  # fmt: skip
     dev = gm.loc.device
     o_idx, u_idx = torch.tensor(obs, device=dev), torch.tensor(rest, device=dev)
     kind = gm.covariance_type
@@ -443,12 +445,10 @@ def kl_divergence(
             f"kl_divergence needs mixtures over the same space; got event shapes "
             f"{tuple(p.event_shape)} and {tuple(q.event_shape)}"
         )
-    try:
-        batch = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
-    except RuntimeError as err:
-        raise InputError(
-            f"the batch shapes {tuple(p.batch_shape)} and {tuple(q.batch_shape)} do not broadcast"
-        ) from err
+    batch = _broadcast(
+        f"the batch shapes {tuple(p.batch_shape)} and {tuple(q.batch_shape)} do not broadcast",
+        p.batch_shape, q.batch_shape,
+    )  # fmt: skip
     n_samples = _check_n(n_samples)
     y = p.expand(batch).sample((n_samples,), generator=_generator(p, generator, 0))
     diff = p.log_prob(y) - q.log_prob(y)  # [N, *B]
