@@ -1,15 +1,42 @@
-"""The fused likelihood (torchmdn.fused): exact gradients, second order, dtypes, compile."""
+"""The fused likelihood (torchmdn.fused): exact gradients, second order, dtypes, compile.
+
+Every test runs twice: through the compiled CPU kernel (torchmdn.kernels) and through the
+tensor-level Functions it falls back to.
+"""
 
 import pytest
 import torch
 from torch.distributions import Distribution
 
 import torchmdn.distributions as tdist
-from torchmdn import GaussianMixture
+from torchmdn import GaussianMixture, fused, kernels
 from torchmdn.nn import MDNHead
 
 F64 = torch.float64
 KINDS = ("diagonal", "isotropic", "full", "precision")
+
+
+@pytest.fixture(autouse=True, params=["kernel", "tensor"])
+def path(request, monkeypatch):
+    """Which implementation ``log_prob`` runs; the kernel one records the kinds it ran."""
+    if request.param == "kernel":
+        assert kernels.available(), kernels.status()
+        ran = []
+        real = fused._kernel_log_prob
+
+        def spy(kind, *args):
+            out = real(kind, *args)
+            ran.append(None if out is None else kind)
+            return out
+
+        monkeypatch.setattr(fused, "_kernel_log_prob", spy)
+        return ran
+    monkeypatch.setattr(fused, "_USE_KERNEL", False)
+    return None
+
+
+def backward_name(path, tensor_level: str) -> str:
+    return tensor_level if path is None else "_KernelLogProbBackward"
 
 
 def params(kind, batch, n, d, dtype=F64, seed=0):
@@ -189,10 +216,12 @@ def tril_params(value_shape, batch, tril_batch, n, d, dtype=F64, seed=0, upper=0
 
 
 @pytest.mark.parametrize("case", TRIL_CASES)
-def test_scale_tril_function_gradcheck_with_sample_and_batch_broadcasting(case):
+def test_scale_tril_function_gradcheck_with_sample_and_batch_broadcasting(case, path):
     inputs = tril_params(*case, upper=1.0)
     fn = tdist._fused.scale_tril_log_prob
-    assert fn(*inputs).grad_fn.name() == "_ScaleTrilLogProbBackward"
+    shared_factor = case[1] != case[2]  # one L for the whole batch: tensor level only
+    expected = backward_name(None if shared_factor else path, "_ScaleTrilLogProbBackward")
+    assert fn(*inputs).grad_fn.name() == expected
     torch.testing.assert_close(
         fn(*inputs), tdist._fused._scale_tril_reference(*inputs), rtol=1e-12, atol=1e-12
     )
@@ -201,13 +230,15 @@ def test_scale_tril_function_gradcheck_with_sample_and_batch_broadcasting(case):
     assert torch.autograd.gradgradcheck(fn, tuple(inputs), fast_mode=True)
 
 
-def test_mixture_from_scale_tril_dispatches_to_the_scale_tril_function():
+def test_mixture_from_scale_tril_dispatches_to_the_scale_tril_function(path):
     logits, loc, tril, y = tril_params((5, 4, 3), (4,), (4,), 3, 3)
     gm = GaussianMixture(logits, loc, scale_tril=tril, validate_args=False)
-    assert gm.log_prob(y).grad_fn.name() == "_ScaleTrilLogProbBackward"
+    assert gm.log_prob(y).grad_fn.name() == backward_name(path, "_ScaleTrilLogProbBackward")
     assert gm._prec_tril is None  # no inverse was formed
     gm.joint_log_prob(y)  # materialises the precision factor, which is then used
-    assert gm.log_prob(y).grad_fn.name() == "_TrilLogProbBackward"
+    assert gm.log_prob(y).grad_fn.name() == backward_name(path, "_TrilLogProbBackward")
+    if path is not None:
+        assert path == [fused._CHOLESKY, fused._PRECISION]
     with torch.no_grad():
         lp = GaussianMixture(logits, loc, scale_tril=tril).log_prob(y)
     torch.testing.assert_close(lp, gm.to_torch().log_prob(y), rtol=1e-10, atol=0)

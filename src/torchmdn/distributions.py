@@ -369,7 +369,8 @@ class GaussianMixture(Distribution):
             comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
         else:
             # precision factor A = L⁻¹: quadratic form and log-determinant from the same A
-            z = (scale @ diff.unsqueeze(-1)).squeeze(-1)  # [*S, *B, n, d]
+            # (its lower triangle: zero gradient above the diagonal, as on the fused paths)
+            z = (scale.tril() @ diff.unsqueeze(-1)).squeeze(-1)  # [*S, *B, n, d]
             half_log_det = -scale.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [*B, n]
             comp = -0.5 * z.square().sum(-1) - half_log_det
         return log_weights + comp - 0.5 * d * _LOG_2PI

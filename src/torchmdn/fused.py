@@ -14,7 +14,7 @@ and upstream gradient ``g``,
 - isotropic: the same with ``∂/∂σ = g r (|z|² − d)/σ``;
 - full, through the lower-triangular precision factor ``A = L⁻¹`` (``Σ⁻¹ = AᵀA``,
   ``z = A (y − μ)``, ``log|Σ|^{-1/2} = Σ_j log A_jj``): ``∂/∂μ = g r Aᵀz``,
-  ``∂/∂A = −g r z (y − μ)ᵀ + g r diag(1/A_jj)``;
+  ``∂/∂A = −tril(g r z (y − μ)ᵀ) + g r diag(1/A_jj)``;
 - full, from the Cholesky factor ``L`` itself (``z = L⁻¹(y − μ)`` by forward substitution,
   ``log|Σ|^{-1/2} = −Σ_j log L_jj``), with ``w = L⁻ᵀ(g r z)`` by back substitution:
   ``∂/∂μ = w``, ``∂/∂L = tril(w zᵀ) − g r diag(1/L_jj)``.
@@ -23,7 +23,13 @@ Second-order use (``create_graph=True``, e.g. gradient penalties or Hessian-vect
 is supported: the backward then recomputes the plain-autograd graph from the saved inputs, so
 double backward is exact (and as slow as the plain path).
 
-This module imports nothing but torch (``distributions.py`` imports it).
+On the CPU the same Functions' maths runs as one compiled pass per direction when the
+kernel of :mod:`torchmdn.kernels` is available (built on first use); the tensor-level code
+below is the fallback for other devices, layouts, ``torch.compile`` and machines without a
+compiler, and the two are tested against each other and the plain-autograd reference.
+
+This module imports nothing but torch and :mod:`torchmdn.kernels` (``distributions.py``
+imports it).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from . import kernels
 
 __all__ = ["diag_log_prob", "scale_tril_log_prob", "tril_log_prob"]
 
@@ -97,6 +105,107 @@ def _logits_and_responsibility_grads(
     if need:
         dlogits = torch.addcmul(gr, ec, (g / sc).unsqueeze(-1), value=-1).sum_to_size(shape)
     return gr, dlogits
+
+
+# ---------------------------------------------------------------- compiled kernel
+
+#: ``False`` keeps the tensor-level path even where the compiled kernel could run (tests).
+_USE_KERNEL = True
+_DIAGONAL, _ISOTROPIC, _PRECISION, _CHOLESKY = range(4)
+
+
+def _kernel_log_prob(
+    kind: int, logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor
+) -> Tensor | None:
+    """``log p(value)`` by the compiled kernel, or ``None`` where it does not apply.
+
+    It applies on the CPU in float32/float64 when the parameters share one batch shape ``B``
+    (no broadcasting among them) and ``value`` broadcasts to ``(*S, *B, d)``; anything else,
+    and tracing or compiling, takes the tensor-level path.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return None
+    if not _USE_KERNEL or logits.device.type != "cpu":
+        return None
+    if logits.dtype not in (torch.float32, torch.float64) or not kernels.available():
+        return None
+    batch, (n, d) = logits.shape[:-1], loc.shape[-2:]
+    tail = {_DIAGONAL: (n, d), _ISOTROPIC: (n,)}.get(kind, (n, d, d))
+    if loc.shape != batch + (n, d) or fac.shape != batch + tail or value.shape[-1:] != (d,):
+        return None
+    shape = value.shape[:-1]
+    if shape[len(shape) - len(batch) :] != batch:  # value broadcasts against the batch
+        try:
+            shape = torch.broadcast_shapes(shape, batch)
+        except RuntimeError:
+            return None
+        if shape[len(shape) - len(batch) :] != batch:
+            return None
+        value = value.expand(shape + (d,))
+    P = math.prod(batch)
+    transposed = kind == _CHOLESKY and not fac.is_contiguous() and fac.mT.is_contiguous()
+    fac = fac.mT if transposed else fac  # a column-major factor (LAPACK's) read as such
+    args = (
+        _rows(logits, (P, n)),
+        _rows(loc, (P, n, d)),
+        _rows(fac, (P,) + fac.shape[len(batch) :]),
+        _rows(value, (-1, d)),
+    )
+    if _needs_graph(*args):
+        return _KernelLogProb.apply(*args, kind, transposed, shape)
+    return torch.ops.torchmdn.mixture_forward(*args, kind, transposed, False)[0].view(shape)
+
+
+def _rows(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``t`` as a contiguous tensor of ``shape`` (no copy, no autograd node when it is one)."""
+    if t.dim() != len(shape) or (shape[0] != -1 and t.shape[0] != shape[0]):
+        t = t.reshape(shape)
+    return t.contiguous()
+
+
+def _kernel_reference(kind: int, transposed: bool, P: int):
+    """The plain-autograd function of the kernel's inputs (for double backward)."""
+
+    def fn(logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor) -> Tensor:
+        value = value.view(-1, P, value.shape[-1])
+        if kind in (_DIAGONAL, _ISOTROPIC):
+            return _diag_reference(logits, loc, fac, value, kind == _ISOTROPIC)
+        if kind == _PRECISION:
+            return _tril_reference(logits, loc, fac, value)
+        return _scale_tril_reference(logits, loc, fac.mT if transposed else fac, value)
+
+    return fn
+
+
+class _KernelLogProb(torch.autograd.Function):
+    """The compiled forward and backward: value ``[N, d]`` against parameters ``[P, ...]``
+    (row ``i`` uses parameter row ``i % P``), ``log p`` returned in ``shape``."""
+
+    @staticmethod
+    def forward(ctx, logits, loc, fac, value, kind, transposed, shape):
+        out, r, p = torch.ops.torchmdn.mixture_forward(
+            logits, loc, fac, value, kind, transposed, True
+        )
+        ctx.kind, ctx.transposed = kind, transposed
+        ctx.save_for_backward(logits, loc, fac, value, r, p)
+        return out.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, loc, fac, value, r, p = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
+            fn = _kernel_reference(ctx.kind, ctx.transposed, logits.shape[0])
+            return (
+                _reference_grads(fn, (logits, loc, fac, value), g.reshape(-1, logits.shape[0]))
+                + (None,) * 3
+            )
+        grads = torch.ops.torchmdn.mixture_backward(
+            g.reshape(-1), r, p, logits, loc, fac, value, ctx.kind, ctx.transposed
+        )
+        need = ctx.needs_input_grad
+        return (
+            tuple(t if want else None for t, want in zip(grads, need, strict=False)) + (None,) * 3
+        )
 
 
 # ---------------------------------------------------------------- diagonal / isotropic
@@ -172,6 +281,9 @@ def diag_log_prob(
 
     ``value (*S, *B, d)`` broadcasts against the batch shape; all inputs share one dtype.
     """
+    out = _kernel_log_prob(_ISOTROPIC if isotropic else _DIAGONAL, logits, loc, scale, value)
+    if out is not None:
+        return out
     if _needs_graph(logits, loc, scale, value):
         return _DiagLogProb.apply(logits, loc, scale, value, isotropic)
     return _diag_forward(logits, loc, scale, value, isotropic)[0]
@@ -184,7 +296,7 @@ def _tril_reference(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor) ->
     """Plain-autograd log density from the precision factor ``A`` (``Σ⁻¹ = AᵀA``)."""
     d = loc.shape[-1]
     diff = value.unsqueeze(-2) - loc
-    z = (prec @ diff.unsqueeze(-1)).squeeze(-1)
+    z = (prec.tril() @ diff.unsqueeze(-1)).squeeze(-1)
     comp = prec.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * z.square().sum(-1)
     return torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1) - 0.5 * d * _LOG_2PI
 
@@ -192,7 +304,7 @@ def _tril_reference(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor) ->
 def _tril_forward(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor):
     d = loc.shape[-1]
     diff = value.unsqueeze(-2) - loc  # [*S, *B, n, d]
-    z = (prec @ diff.unsqueeze(-1)).squeeze(-1)  # one batched matmul, no solve
+    z = (prec.tril() @ diff.unsqueeze(-1)).squeeze(-1)  # one batched matmul, no solve
     logdet = _rowsum(prec.diagonal(dim1=-2, dim2=-1).log())  # log |Σ|^{-1/2}
     out, ec, sc, e, s = _mix(logits, torch.add(logdet, _rowsum(z * z), alpha=-0.5), d)
     return out, diff, z, ec, sc, e, s
@@ -215,7 +327,7 @@ class _TrilLogProb(torch.autograd.Function):
         dloc = dprec = dvalue = None
         gz = z * gr.unsqueeze(-1)  # g r z   [*S, *B, n, d]
         if need[2]:
-            dprec = (gz.unsqueeze(-1) * diff.unsqueeze(-2)).neg_()  # −g r z (y − μ)ᵀ
+            dprec = (gz.unsqueeze(-1) * diff.unsqueeze(-2)).neg_().tril_()  # −tril(g r z (y − μ)ᵀ)
             diag = prec.diagonal(dim1=-2, dim2=-1)
             dprec.diagonal(dim1=-2, dim2=-1).add_(gr.unsqueeze(-1) / diag)
             dprec = dprec.sum_to_size(prec.shape)
@@ -234,8 +346,12 @@ def tril_log_prob(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor) -> T
     ``prec (*B, n, d, d)`` is lower triangular with a positive diagonal, ``Σ_i⁻¹ = A_iᵀA_i``
     (``A = L⁻¹`` for the Cholesky factor ``L`` of ``Σ``). Both the quadratic form and the
     log-determinant come from ``A`` itself, so the density stays exactly normalised whatever
-    jitter or floor went into ``A``.
+    jitter or floor went into ``A``. ``prec`` must be lower triangular: the compiled kernel
+    reads only its lower triangle (and gives a zero gradient above the diagonal).
     """
+    out = _kernel_log_prob(_PRECISION, logits, loc, prec, value)
+    if out is not None:
+        return out
     if _needs_graph(logits, loc, prec, value):
         return _TrilLogProb.apply(logits, loc, prec, value)
     return _tril_forward(logits, loc, prec, value)[0]
@@ -344,6 +460,9 @@ def scale_tril_log_prob(logits: Tensor, loc: Tensor, tril: Tensor, value: Tensor
     No inverse is formed: ``L⁻¹(y − μ)`` is one forward substitution, the backward one back
     substitution; entries above the diagonal are ignored (their gradient is zero).
     """
+    out = _kernel_log_prob(_CHOLESKY, logits, loc, tril, value)
+    if out is not None:
+        return out
     if _needs_graph(logits, loc, tril, value):
         return _ScaleTrilLogProb.apply(logits, loc, tril, value)
     return _scale_tril_forward(logits, loc, tril, value)[0]

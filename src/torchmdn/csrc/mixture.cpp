@@ -1,0 +1,464 @@
+// Gaussian-mixture log-likelihood and its gradient on the CPU, one pass each.
+//
+// The maths is that of torchmdn/fused.py (see its docstring); this file computes the same
+// quantities tile by tile instead of as a dozen whole-tensor operations, so the
+// per-operation overhead that bounds the mixture loss at training batch sizes disappears.
+// exp and log run over flat tile buffers with ATen's vectorised math (SLEEF, linked from
+// libtorch_cpu); the rest is plain loops.
+//
+// Layout (checked by torchmdn/kernels.py before calling): value [N, d]; logits [P, n];
+// loc [P, n, d]; scale [P, n, d] (diagonal), [P, n] (isotropic) or a lower-triangular
+// factor [P, n, d, d] (full: precision factor A with Σ⁻¹ = AᵀA, or Cholesky factor L with
+// Σ = LLᵀ, row-major or, with `transposed`, column-major); all contiguous, one dtype, N a
+// multiple of P: value row i uses the parameters of row i % P (a leading sample shape
+// broadcast against the batch). Forward returns log p [N], the responsibilities r [N, n]
+// and the weights softmax(logits) [P, n] (all the backward needs besides the inputs);
+// backward returns the gradients of logits, loc, the scale/factor (zero above the
+// diagonal) and value. Parameter gradients accumulate over the value rows that share them,
+// so the backward splits work over parameter rows: no two threads write the same entry.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+constexpr int64_t kTile = 2048;    // elements per tile buffer
+constexpr int64_t kGrain = 32768;  // elements of work per task (ATen's own grain size)
+
+enum Kind : int64_t { kDiagonal = 0, kIsotropic = 1, kPrecision = 2, kCholesky = 3 };
+
+// c of the W = Vec<T>::size() lanes at x (c < W only at the end of a buffer)
+template <typename T>
+Vec<T> load(const T* x, int64_t c) {
+  return c == Vec<T>::size() ? Vec<T>::loadu(x) : Vec<T>::loadu(x, c);
+}
+
+template <typename T>
+void store(const Vec<T>& v, T* x, int64_t c) {
+  if (c == Vec<T>::size())
+    v.store(x);
+  else
+    v.store(x, c);
+}
+
+template <typename T>
+void vexp(T* x, int64_t n) {
+  for (int64_t t = 0, W = Vec<T>::size(); t < n; t += W) {
+    const int64_t c = std::min(W, n - t);
+    store(load(x + t, c).exp(), x + t, c);
+  }
+}
+
+template <typename T>
+void vlog(T* x, int64_t n) {
+  for (int64_t t = 0, W = Vec<T>::size(); t < n; t += W) {
+    const int64_t c = std::min(W, n - t);
+    store(load(x + t, c).log(), x + t, c);
+  }
+}
+
+template <typename T>
+T rowsum(const T* x, int64_t n) {
+  T s = 0;
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  return s;
+}
+
+// One call's shapes, its factor layout F(i, j) = F[i * rs + j * cs], and its tiling.
+struct Plan {
+  int64_t kind, N, P, n, d, rs, cs;
+  int64_t reps() const { return P ? N / P : 0; }
+  int64_t tile_rows() const { return std::max<int64_t>(1, kTile / (n * d)); }
+  int64_t work() const { return n * (kind >= kPrecision ? d * (d + 1) : d + 1); }
+  int64_t tiles_per_task() const {
+    return std::max<int64_t>(1, kGrain / (work() * tile_rows()));
+  }
+};
+
+// Scratch of one task.
+template <typename T>
+struct Scratch {
+  std::vector<T> a, b, c, v1, v2, v3;
+  explicit Scratch(const Plan& pl) {
+    const int64_t E = pl.tile_rows() * pl.n * pl.d, C = pl.tile_rows() * pl.n;
+    a.resize(E), b.resize(E), c.resize(C);
+    v1.resize(pl.d), v2.resize(pl.d), v3.resize(pl.d);
+  }
+};
+
+// ---------------------------------------------------------------- mixing (all kinds)
+
+// Per tile the component log densities are kept component-major, aT [n][rows], so the
+// mixing runs over rows in vector lanes (the component counts of MDNs are too small to fill
+// them). lT [n][rows] is scratch. Writes log p (out [rows]) and, if not null, the
+// responsibilities rT (component k at rT + k * rld) and the weights pT (at pT + k * pld),
+// component-major too: the backward reads them back in the same layout.
+template <typename T>
+void mix(const T* logits, T* aT, T* lT, int64_t rows, int64_t n, T shift, T* out, T* rT,
+         int64_t rld, T* pT, int64_t pld) {
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t k = 0; k < n; ++k) lT[k * rows + b] = logits[b * n + k];
+  // as in fused.py: the maximum is kept finite and exp's argument is raised to the log of
+  // the smallest normal number (no subnormal arithmetic; the result moves by < 1e-38
+  // relative), so a value beyond every component gets a finite lowest log density and
+  // finite gradients instead of 0/0
+  const Vec<T> lowest(std::numeric_limits<T>::lowest());
+  const Vec<T> floor(std::log(std::numeric_limits<T>::min()));
+  for (int64_t b = 0, W = Vec<T>::size(); b < rows; b += W) {
+    const int64_t c = std::min(W, rows - b);
+    Vec<T> m = lowest, m0 = lowest;
+    for (int64_t k = 0; k < n; ++k) {
+      const Vec<T> l = load(lT + k * rows + b, c), a = load(aT + k * rows + b, c) + l;
+      store(a, aT + k * rows + b, c);
+      m = at::vec::maximum(m, a);
+      m0 = at::vec::maximum(m0, l);
+    }
+    Vec<T> s(T(0)), sw(T(0));
+    for (int64_t k = 0; k < n; ++k) {
+      const Vec<T> e = at::vec::maximum(load(aT + k * rows + b, c) - m, floor).exp();
+      const Vec<T> ew = at::vec::maximum(load(lT + k * rows + b, c) - m0, floor).exp();
+      store(e, aT + k * rows + b, c);
+      store(ew, lT + k * rows + b, c);
+      s += e;
+      sw += ew;
+    }
+    store((s / sw).log() + (m - m0) - Vec<T>(shift), out + b, c);
+    if (rT) {
+      const Vec<T> inv = s.reciprocal();
+      for (int64_t k = 0; k < n; ++k) store(load(aT + k * rows + b, c) * inv, rT + k * rld + b, c);
+    }
+    if (pT) {
+      const Vec<T> inv = sw.reciprocal();
+      for (int64_t k = 0; k < n; ++k) store(load(lT + k * rows + b, c) * inv, pT + k * pld + b, c);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- component densities
+
+// Each writes log N(y_b; μ_bk, Σ_bk) + (d/2) log 2π into a [n][rows] (component-major) for
+// parameter rows starting at the given pointers against value rows y [rows, d].
+
+// y repeated over the components: out [rows, n, d]
+template <typename T>
+void spread(const T* y, int64_t rows, int64_t n, int64_t d, T* out) {
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t k = 0; k < n; ++k)
+      for (int64_t j = 0; j < d; ++j) out[(b * n + k) * d + j] = y[b * d + j];
+}
+
+template <typename T>
+void diag_density(const T* y, const T* loc, const T* scale, int64_t rows, int64_t n, int64_t d,
+                  T* a, T* buf) {
+  const int64_t E = rows * n * d, W = Vec<T>::size();
+  spread(y, rows, n, d, buf);
+  const Vec<T> half(T(0.5));
+  for (int64_t t = 0; t < E; t += W) {  // log σ + z²/2
+    const int64_t c = std::min(W, E - t);
+    const Vec<T> s = load(scale + t, c);
+    const Vec<T> z = (load(buf + t, c) - load(loc + t, c)) / s;
+    store(s.log() + half * z * z, buf + t, c);
+  }
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t k = 0; k < n; ++k) a[k * rows + b] = -rowsum(buf + (b * n + k) * d, d);
+}
+
+template <typename T>
+void iso_density(const T* y, const T* loc, const T* scale, int64_t rows, int64_t n, int64_t d,
+                 T* a, T* buf) {
+  std::copy(scale, scale + rows * n, buf);
+  vlog(buf, rows * n);
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t e = b * n + k;
+      const T* M = loc + e * d;
+      const T inv = T(1) / scale[e];
+      T q = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const T z = (y[b * d + j] - M[j]) * inv;
+        q += z * z;
+      }
+      a[k * rows + b] = -T(d) * buf[e] - T(0.5) * q;
+    }
+}
+
+// diff = y − μ and z: A diff (precision factor) or L⁻¹ diff (Cholesky, forward substitution)
+template <typename T>
+void factor_z(const Plan& pl, const T* F, const T* y, const T* mu, T* diff, T* z) {
+  const int64_t d = pl.d, rs = pl.rs, cs = pl.cs;
+  for (int64_t j = 0; j < d; ++j) diff[j] = y[j] - mu[j];
+  if (pl.kind == kCholesky) {
+    for (int64_t i = 0; i < d; ++i) {
+      T acc = diff[i];
+      for (int64_t j = 0; j < i; ++j) acc -= F[i * rs + j * cs] * z[j];
+      z[i] = acc / F[i * (rs + cs)];
+    }
+  } else {
+    for (int64_t i = 0; i < d; ++i) {
+      T acc = 0;
+      for (int64_t j = 0; j <= i; ++j) acc += F[i * rs + j * cs] * diff[j];
+      z[i] = acc;
+    }
+  }
+}
+
+template <typename T>
+void factor_density(const Plan& pl, const T* y, const T* loc, const T* fac, int64_t rows, T* a,
+                    T* buf, Scratch<T>& s) {
+  const int64_t n = pl.n, d = pl.d, C = rows * n, dd = d * d;
+  for (int64_t e = 0; e < C; ++e)  // the diagonals, for one vectorised log
+    for (int64_t j = 0; j < d; ++j) buf[e * d + j] = fac[e * dd + j * (pl.rs + pl.cs)];
+  vlog(buf, C * d);
+  const T sign = pl.kind == kCholesky ? T(-1) : T(1);  // log|Σ|^{-1/2} = ±Σ log F_jj
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t e = b * n + k;
+      factor_z(pl, fac + e * dd, y + b * d, loc + e * d, s.v1.data(), s.v2.data());
+      T q = 0;
+      for (int64_t j = 0; j < d; ++j) q += s.v2[j] * s.v2[j];
+      a[k * rows + b] = sign * rowsum(buf + e * d, d) - T(0.5) * q;
+    }
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+void forward_impl(const Plan& pl, const T* logits, const T* loc, const T* scale, const T* y,
+                  T* out, T* r, T* p) {
+  const int64_t n = pl.n, d = pl.d, R = pl.tile_rows();
+  const int64_t qtiles = (pl.P + R - 1) / R;
+  const int64_t sc = pl.kind == kDiagonal ? n * d : pl.kind == kIsotropic ? n : n * d * d;
+  const T shift = T(0.5) * T(d) * T(1.8378770664093454836);  // (d/2) log 2π
+  // tiles of value rows, each within one repetition of the parameter rows
+  at::parallel_for(0, pl.reps() * qtiles, pl.tiles_per_task(), [&](int64_t t0, int64_t t1) {
+    Scratch<T> s(pl);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t rep = t / qtiles, q0 = (t % qtiles) * R, rows = std::min(R, pl.P - q0);
+      const int64_t i0 = rep * pl.P + q0;
+      const T* Y = y + i0 * d;
+      const T* M = loc + q0 * n * d;
+      const T* S = scale + q0 * sc;
+      T* a = s.c.data();
+      if (pl.kind == kDiagonal)
+        diag_density(Y, M, S, rows, n, d, a, s.a.data());
+      else if (pl.kind == kIsotropic)
+        iso_density(Y, M, S, rows, n, d, a, s.a.data());
+      else
+        factor_density(pl, Y, M, S, rows, a, s.a.data(), s);
+      mix(logits + q0 * n, a, s.b.data(), rows, n, shift, out + i0, r ? r + i0 : nullptr, pl.N,
+          p && rep == 0 ? p + q0 : nullptr, pl.P);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- backward
+
+// Gradients for one tile; parameter gradients are added to dlogits/dloc/dscale (zeroed by
+// the caller before the first repetition), value gradients written to dy [rows, d].
+template <typename T>
+void backward_tile(const Plan& pl, const T* g, const T* r, const T* p, const T* loc,
+                   const T* scale, const T* y, int64_t rows, T* dl, T* dloc, T* dscale, T* dy,
+                   Scratch<T>& s) {
+  const int64_t n = pl.n, d = pl.d, W = Vec<T>::size();
+  T* gr = s.c.data();  // g r, row-major [rows, n]
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t b = 0; b < rows; ++b) {
+      const T v = g[b] * r[k * pl.N + b];
+      gr[b * n + k] = v;
+      dl[b * n + k] += v - g[b] * p[k * pl.P + b];
+    }
+  std::fill(dy, dy + rows * d, T(0));
+  if (pl.kind == kDiagonal) {
+    const int64_t E = rows * n * d;
+    T* yb = s.a.data();  // y, then ∂/∂μ = g r z/σ
+    T* gb = s.b.data();  // g r, then ∂/∂σ = g r (z² − 1)/σ
+    spread(y, rows, n, d, yb);
+    for (int64_t e = 0; e < rows * n; ++e) std::fill(gb + e * d, gb + (e + 1) * d, gr[e]);
+    for (int64_t t = 0; t < E; t += W) {
+      const int64_t c = std::min(W, E - t);
+      const Vec<T> inv = load(scale + t, c).reciprocal();
+      const Vec<T> z = (load(yb + t, c) - load(loc + t, c)) * inv;
+      const Vec<T> gi = load(gb + t, c) * inv;
+      const Vec<T> dm = gi * z;
+      store(load(dloc + t, c) + dm, dloc + t, c);
+      store(load(dscale + t, c) + dm * z - gi, dscale + t, c);
+      store(dm, yb + t, c);
+    }
+    for (int64_t b = 0; b < rows; ++b)
+      for (int64_t k = 0; k < n; ++k)
+        for (int64_t j = 0; j < d; ++j) dy[b * d + j] -= yb[(b * n + k) * d + j];
+    return;
+  }
+  if (pl.kind == kIsotropic) {
+    for (int64_t b = 0; b < rows; ++b)
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t e = b * n + k;
+        const T* M = loc + e * d;
+        const T inv = T(1) / scale[e], gi = gr[e] * inv;
+        T q = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          const T z = (y[b * d + j] - M[j]) * inv, dm = gi * z;
+          q += z * z;
+          dloc[e * d + j] += dm;
+          dy[b * d + j] -= dm;
+        }
+        dscale[e] += gi * (q - T(d));
+      }
+    return;
+  }
+  const int64_t dd = d * d, rs = pl.rs, cs = pl.cs;
+  T* diff = s.v1.data();
+  T* z = s.v2.data();
+  T* w = s.v3.data();
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t e = b * n + k;
+      const T* F = scale + e * dd;
+      T* dF = dscale + e * dd;
+      factor_z(pl, F, y + b * d, loc + e * d, diff, z);
+      if (pl.kind == kCholesky) {
+        // w = L⁻ᵀ (g r z): ∂/∂μ = w, ∂/∂L = tril(w zᵀ) − g r diag(1/L_jj)
+        for (int64_t i = d - 1; i >= 0; --i) {
+          T acc = gr[e] * z[i];
+          for (int64_t j = i + 1; j < d; ++j) acc -= F[j * rs + i * cs] * w[j];
+          w[i] = acc / F[i * (rs + cs)];
+        }
+        for (int64_t i = 0; i < d; ++i) {
+          for (int64_t j = 0; j <= i; ++j) dF[i * rs + j * cs] += w[i] * z[j];
+          dF[i * (rs + cs)] -= gr[e] / F[i * (rs + cs)];
+        }
+      } else {
+        // g r z: ∂/∂μ = Aᵀ(g r z), ∂/∂A = −tril((g r z)(y − μ)ᵀ) + g r diag(1/A_jj)
+        for (int64_t j = 0; j < d; ++j) w[j] = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          const T gz = gr[e] * z[i];
+          for (int64_t j = 0; j <= i; ++j) {
+            w[j] += F[i * rs + j * cs] * gz;
+            dF[i * rs + j * cs] -= gz * diff[j];
+          }
+          dF[i * (rs + cs)] += gr[e] / F[i * (rs + cs)];
+        }
+      }
+      for (int64_t j = 0; j < d; ++j) {
+        dloc[e * d + j] += w[j];
+        dy[b * d + j] -= w[j];
+      }
+    }
+}
+
+template <typename T>
+void backward_impl(const Plan& pl, const T* g, const T* r, const T* p, const T* loc,
+                   const T* scale, const T* y, T* dl, T* dloc, T* dscale, T* dy) {
+  const int64_t n = pl.n, d = pl.d, R = pl.tile_rows();
+  const int64_t qtiles = (pl.P + R - 1) / R;
+  const int64_t sc = pl.kind == kDiagonal ? n * d : pl.kind == kIsotropic ? n : n * d * d;
+  const int64_t grain = std::max<int64_t>(1, pl.tiles_per_task() / std::max<int64_t>(1, pl.reps()));
+  // tasks own parameter rows; the repetitions that share them run inside one task
+  at::parallel_for(0, qtiles, grain, [&](int64_t t0, int64_t t1) {
+    Scratch<T> s(pl);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t q0 = t * R, rows = std::min(R, pl.P - q0);
+      std::fill(dl + q0 * n, dl + (q0 + rows) * n, T(0));
+      std::fill(dloc + q0 * n * d, dloc + (q0 + rows) * n * d, T(0));
+      std::fill(dscale + q0 * sc, dscale + (q0 + rows) * sc, T(0));
+      for (int64_t rep = 0; rep < pl.reps(); ++rep) {
+        const int64_t i0 = rep * pl.P + q0;
+        backward_tile(pl, g + i0, r + i0, p + q0, loc + q0 * n * d, scale + q0 * sc,
+                      y + i0 * d, rows, dl + q0 * n, dloc + q0 * n * d, dscale + q0 * sc,
+                      dy + i0 * d, s);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- operators
+
+Plan plan(const Tensor& logits, const Tensor& loc, const Tensor& scale, const Tensor& value,
+          int64_t kind, bool transposed) {
+  TORCH_CHECK(kind >= kDiagonal && kind <= kCholesky, "torchmdn kernel: unknown kind ", kind);
+  for (const Tensor* t : {&logits, &loc, &scale, &value}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == value.scalar_type(),
+                "torchmdn kernel: expects contiguous CPU tensors of one dtype");
+  }
+  TORCH_CHECK(logits.dim() == 2 && loc.dim() == 3 && value.dim() == 2,
+              "torchmdn kernel: expects logits [P, n], loc [P, n, d], value [N, d]");
+  Plan pl{kind, value.size(0), logits.size(0), logits.size(1), loc.size(2), 0, 0};
+  pl.rs = transposed ? 1 : pl.d;
+  pl.cs = transposed ? pl.d : 1;
+  TORCH_CHECK(pl.n > 0 && pl.d > 0 && loc.size(0) == pl.P && loc.size(1) == pl.n &&
+                  value.size(1) == pl.d && (pl.P == 0 ? pl.N == 0 : pl.N % pl.P == 0),
+              "torchmdn kernel: inconsistent shapes");
+  const int64_t want = kind == kDiagonal ? pl.n * pl.d : kind == kIsotropic ? pl.n : pl.n * pl.d * pl.d;
+  TORCH_CHECK(scale.size(0) == pl.P && scale.numel() == pl.P * want,
+              "torchmdn kernel: scale has the wrong shape");
+  return pl;
+}
+
+std::tuple<Tensor, Tensor, Tensor> mixture_forward(const Tensor& logits, const Tensor& loc,
+                                                   const Tensor& scale, const Tensor& value,
+                                                   int64_t kind, bool transposed, bool save) {
+  const Plan pl = plan(logits, loc, scale, value, kind, transposed);
+  Tensor out = at::empty({pl.N}, value.options());
+  Tensor r = at::empty({pl.n, save ? pl.N : 0}, value.options());  // component-major
+  Tensor p = at::empty({pl.n, save ? pl.P : 0}, value.options());
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_mixture_forward", [&] {
+    forward_impl<scalar_t>(pl, logits.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(),
+                           scale.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+                           out.mutable_data_ptr<scalar_t>(),
+                           save ? r.mutable_data_ptr<scalar_t>() : nullptr,
+                           save ? p.mutable_data_ptr<scalar_t>() : nullptr);
+  });
+  return {out, r, p};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward(
+    const Tensor& grad, const Tensor& r, const Tensor& p, const Tensor& logits, const Tensor& loc,
+    const Tensor& scale, const Tensor& value, int64_t kind, bool transposed) {
+  const Plan pl = plan(logits, loc, scale, value, kind, transposed);
+  const Tensor g = grad.contiguous();  // often an expanded scalar (the gradient of a mean)
+  for (const Tensor* t : {&g, &r, &p}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == value.scalar_type(),
+                "torchmdn kernel: expects contiguous CPU tensors of one dtype");
+  }
+  TORCH_CHECK(g.numel() == pl.N && r.numel() == pl.N * pl.n && p.numel() == pl.P * pl.n,
+              "torchmdn kernel: saved tensors have the wrong shape");
+  Tensor dl = at::empty_like(logits), dloc = at::empty_like(loc);
+  Tensor dscale = at::empty_like(scale), dy = at::empty_like(value);
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_mixture_backward", [&] {
+    backward_impl<scalar_t>(pl, g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
+                            p.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(),
+                            scale.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+                            dl.mutable_data_ptr<scalar_t>(), dloc.mutable_data_ptr<scalar_t>(),
+                            dscale.mutable_data_ptr<scalar_t>(), dy.mutable_data_ptr<scalar_t>());
+  });
+  return {dl, dloc, dscale, dy};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(torchmdn, m) {
+  m.def("mixture_forward(Tensor logits, Tensor loc, Tensor scale, Tensor value, int kind, "
+        "bool transposed, bool save) -> (Tensor, Tensor, Tensor)");
+  m.def("mixture_backward(Tensor g, Tensor r, Tensor p, Tensor logits, Tensor loc, "
+        "Tensor scale, Tensor value, int kind, bool transposed) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(torchmdn, CPU, m) {
+  m.impl("mixture_forward", &mixture_forward);
+  m.impl("mixture_backward", &mixture_backward);
+}
