@@ -343,7 +343,7 @@ def test_empty_file(tmp_path, capsys):
     data = tmp_path / "d.csv"
     data.write_text("")
     rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
-    _one_error_line(capsys, rc, "fit", "empty")
+    _one_error_line(capsys, rc, "fit", f"{data} is empty")
 
 
 def test_ragged_row(tmp_path, capsys):
@@ -439,4 +439,4 @@ def test_non_utf8_file(tmp_path, capsys):
     data = tmp_path / "d.csv"
     data.write_bytes(b"x,y\n1,2\n3,\xe9\n")
     rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
-    _one_error_line(capsys, rc, "fit", str(data))
+    _one_error_line(capsys, rc, "fit", f"{data} is not UTF-8 text", "save it as UTF-8")

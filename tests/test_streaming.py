@@ -160,7 +160,7 @@ def test_bad_sources_and_arguments(files, monkeypatch):
     with pytest.raises(InputError, match=r"column 'b' has type (large_)?string; expected numbers"):
         TableSource(path / "s.parquet", "y")
     (path / "bin.csv").write_bytes(b"\xff\xfe\x00a,y")
-    with pytest.raises(InputError, match="not UTF-8 text"):
+    with pytest.raises(InputError, match=r"bin\.csv is not UTF-8 text .*; save it as UTF-8"):
         TableSource(path / "bin.csv", "y")
     with pytest.raises(InputError, match="not found"):
         TableSource(path / "nope.csv", "y")

@@ -10,7 +10,7 @@ from torch import nn
 
 import torchmdn
 from torchmdn import MDN, History, fit
-from torchmdn.errors import InputError, TrainingError
+from torchmdn.errors import InputError, ModelFileError, TrainingError
 
 
 def small_data(n=300, seed=0):
@@ -269,6 +269,52 @@ def test_resume_refuses_other_data_or_settings(tmp_path):
         fit(small_model(), x, y, max_epochs=2, lr=0.5, progress=False, resume=ckpt)
     with pytest.raises(torchmdn.TorchMDNError, match="checkpoint, not a model"):
         torchmdn.load(ckpt)
+
+
+def test_resume_from_a_checkpoint_without_the_per_dimension_floor(tmp_path):
+    # checkpoints written before heads had head.scale_floor resume with the floor at
+    # min_scale, as those runs behaved (and as torchmdn.io.load reads old model files)
+    from torchmdn.io import load_checkpoint, save_checkpoint
+
+    x, y = small_data()
+    kw = dict(max_epochs=6, batch_size=64, progress=False, random_state=1)
+    full = small_model(min_scale=0.01)
+    h_full = fit(full, x, y, **kw)
+    ckpt = tmp_path / "run.ckpt"
+    fit(small_model(min_scale=0.01), x, y, checkpoint=ckpt, callback=lambda e, h: e == 2, **kw)
+    tensors, state = load_checkpoint(ckpt)
+    old = {k: v for k, v in tensors.items() if not k.endswith("head.scale_floor")}
+    assert len(old) == len(tensors) - 3  # the model's, the EMA's and the best state's
+    save_checkpoint(ckpt, old, state)
+    resumed = small_model(min_scale=0.01)
+    resumed.head.scale_floor.fill_(0.5)  # not what the run that wrote the checkpoint had
+    h_res = fit(resumed, x, y, resume=ckpt, **kw)
+    torch.testing.assert_close(resumed.head.scale_floor, torch.full((1,), 0.01))
+    assert h_res.train_nll == h_full.train_nll and h_res.val_nll == h_full.val_nll
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_refuses_a_checkpoint_for_another_model(tmp_path):
+    from torchmdn.io import load_checkpoint, save_checkpoint
+
+    x, y = small_data()
+    kw = dict(max_epochs=2, batch_size=64, progress=False, random_state=1)
+    ckpt = tmp_path / "run.ckpt"
+    fit(small_model(), x, y, checkpoint=ckpt, **kw)
+    tensors, state = load_checkpoint(ckpt)
+    del tensors["model/head.linear.bias"]
+    save_checkpoint(tmp_path / "lacking.ckpt", tensors, state)
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ModelFileError) as info:
+        fit(model, x, y, resume=tmp_path / "lacking.ckpt", **kw)
+    message = str(info.value)
+    assert "lacking.ckpt does not match this model" in message
+    assert "missing ['head.linear.bias']" in message and "same arguments" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    with pytest.raises(ModelFileError, match=r"run\.ckpt does not match.*another shape"):
+        fit(MDN(2, 1, n_components=4, hidden=(16,)), x, y, resume=ckpt, **kw)
 
 
 def test_kill_and_resume_in_a_subprocess(tmp_path):

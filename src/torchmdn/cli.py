@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, ModelFileError, TorchMDNError
+from .streaming import read_csv_text
 
 __all__ = ["main"]
 
@@ -40,21 +41,7 @@ class Table:
 def read_csv(path: str | Path) -> Table:
     """Read a CSV file with a header row (delimiter sniffed among ``,``, ``;`` and tab)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"data file not found: {path}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
-        ) from None
-    if not text.strip():
-        raise InputError(f"{path} is empty")
-    try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
+    text, dialect = read_csv_text(path)
     reader = csv.reader(io.StringIO(text), dialect)
     # keep each row's real line number for error messages (blank lines are skipped)
     numbered = [(reader.line_num, r) for r in reader if r]

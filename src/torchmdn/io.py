@@ -121,20 +121,32 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         model = cls(**header["config"])
     except (TypeError, KeyError, ValueError) as err:
         raise ModelFileError(f"{path}: invalid model config ({err})") from err
-    tensors = load_file(str(path), device=str(map_location))
+    tensors = upgrade_state(model, load_file(str(path), device=str(map_location)))
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:
         raise ModelFileError(f"{path}: weights do not match the config ({err})") from err
-    # files written before heads had a per-dimension floor: the new model's default floor
-    # (min_scale everywhere) is exactly how they behaved
-    missing = [k for k in missing if not k.endswith("head.scale_floor")]
     if missing or unexpected:
         raise ModelFileError(
             f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})"
         )
     model.metadata = header.get("metadata", {})
     return model.to(map_location).eval()
+
+
+def upgrade_state(model: torch.nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors``, a state dict for ``model`` from an older torchmdn, with what it lacks filled in.
+
+    Files written before heads had a per-dimension floor have no ``head.scale_floor``: they
+    behaved as a floor of the head's ``min_scale`` everywhere, which is what is filled in.
+    Used by :func:`load` and by ``fit(..., resume=...)``.
+    """
+    out = dict(tensors)
+    for key, value in model.state_dict().items():
+        if key.endswith("head.scale_floor") and key not in out:
+            head = model.get_submodule(key.rpartition(".")[0])
+            out[key] = torch.full_like(value, head.min_scale)
+    return out
 
 
 def save_checkpoint(

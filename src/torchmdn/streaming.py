@@ -55,21 +55,37 @@ def _need(module: str) -> Any:
         ) from err
 
 
-def _delimiter(path: Path) -> str:
+def read_csv_text(path: str | Path, *, whole: bool = True) -> tuple[str, type[csv.Dialect]]:
+    """A CSV file's text (only its first line when ``whole`` is false) and its dialect, sniffed
+    from the header line among ``,``, ``;`` and tab (``csv.excel`` when that is unclear).
+
+    The one place CSV files are opened as text: :class:`TableSource` and the command line.
+
+    Raises:
+        InputError: the file is missing, not UTF-8 text or empty; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data file not found: {path}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
+            text = f.read() if whole else f.readline()
     except UnicodeDecodeError as err:
         raise InputError(
-            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 "
-            "(or name Parquet files .parquet)"
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
         ) from None
-    if not first.strip():
+    if not text.strip():
         raise InputError(f"{path} is empty")
     try:
-        return csv.Sniffer().sniff(first, delimiters=",;\t").delimiter
+        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
     except csv.Error:
-        return ","
+        dialect = csv.excel
+    return text, dialect
+
+
+def _delimiter(path: Path) -> str:
+    """The delimiter of a CSV file (reads its first line only)."""
+    return read_csv_text(path, whole=False)[1].delimiter
 
 
 def _uniform(keys: np.ndarray, salt: int) -> np.ndarray:
