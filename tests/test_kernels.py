@@ -6,6 +6,7 @@ same values and gradients on a grid of shapes, layouts, scales and edge cases, a
 cleanly where it cannot run.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -17,12 +18,20 @@ import torch
 from torchmdn import GaussianMixture, fused, kernels
 
 F64, F32 = torch.float64, torch.float32
-KINDS = (fused._DIAGONAL, fused._ISOTROPIC, fused._PRECISION, fused._CHOLESKY)
+KINDS = (fused._DIAGONAL, fused._ISOTROPIC, fused._PRECISION, fused._CHOLESKY, fused._PACKED)
+
+
+def floor(loc):
+    """The per-dimension floor of a packed (head's) precision factor."""
+    return 0.01 * torch.arange(1, loc.shape[-1] + 1, dtype=loc.dtype)
+
+
 FUNCTION = {
     fused._DIAGONAL: lambda *t: fused.diag_log_prob(*t),
     fused._ISOTROPIC: lambda *t: fused.diag_log_prob(*t, isotropic=True),
     fused._PRECISION: fused.tril_log_prob,
     fused._CHOLESKY: fused.scale_tril_log_prob,
+    fused._PACKED: lambda lg, mu, pk, y: fused.packed_log_prob(lg, mu, pk, floor(mu), y),
 }
 # (sample shape, batch shape, n, d): d = 1, n = 1, batch of 1, no batch, samples, many tasks
 SHAPES = [
@@ -47,6 +56,9 @@ def mixture(kind, batch, n, d, dtype=F64, seed=0, scale=1.0):
         fac = scale * (0.3 + torch.rand(*batch, n, d, generator=g, dtype=dtype))
     elif kind == fused._ISOTROPIC:
         fac = scale * (0.3 + torch.rand(*batch, n, generator=g, dtype=dtype))
+    elif kind == fused._PACKED:  # raw head outputs; diagonal A_jj = 1 / (softplus + floor)
+        fac = torch.randn(*batch, n, d * (d + 1) // 2, generator=g, dtype=dtype) / scale
+        fac[..., torch.arange(d) * (torch.arange(d) + 3) // 2] += 2 * math.log(scale)
     else:
         a = torch.randn(*batch, n, d, d, generator=g, dtype=dtype) / d**0.5
         chol = scale * torch.linalg.cholesky(a @ a.mT + 0.5 * torch.eye(d, dtype=dtype))

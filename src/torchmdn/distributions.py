@@ -84,6 +84,11 @@ def _tril_inverse(tril: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(work, eye, upper=False).to(tril.dtype)
 
 
+def _expand(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t.expand(shape)``, or ``t`` itself when it has that shape (no autograd node)."""
+    return t if t.shape == shape else t.expand(shape)
+
+
 def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Promote to one floating dtype, at least float32 (half/bfloat16 accumulate in float32)."""
     dtype = tensors[0].dtype
@@ -117,6 +122,10 @@ class GaussianMixture(Distribution):
 
     has_rsample = False
     support = constraints.real_vector
+    # full covariances: the precision factor A = L⁻¹ (dense, built when first needed) and,
+    # for a head's output, its packed form (raw packing, floor) that log_prob reads directly
+    _prec: Tensor | None = None
+    _packed: tuple[Tensor, Tensor] | None = None
 
     def __init__(
         self,
@@ -181,14 +190,14 @@ class GaussianMixture(Distribution):
             ) from err
 
         self._kind = kind
-        self.logits = logits.expand(batch_shape + (n,))
-        self.loc = loc.expand(batch_shape + (n, d))
+        self.logits = _expand(logits, batch_shape + (n,))
+        self.loc = _expand(loc, batch_shape + (n, d))
         self.scale: Tensor | None = None
         self.scale_tril: Tensor | None = None
         if kind == _FULL:
-            self.scale_tril = scale_tril.expand(batch_shape + (n, d, d))
+            self.scale_tril = _expand(scale_tril, batch_shape + (n, d, d))
         else:
-            self.scale = scale.expand(batch_shape + scale.shape[-trailing:])
+            self.scale = _expand(scale, batch_shape + scale.shape[-trailing:])
         validate = Distribution._validate_args if validate_args is None else validate_args
         if validate:
             self._check_parameters()
@@ -279,6 +288,33 @@ class GaussianMixture(Distribution):
         gm._prec_tril, gm._scale_tril = gm._scale_tril, None
         return gm
 
+    @classmethod
+    def _from_packed_precision(
+        cls, logits: Tensor, loc: Tensor, packed: Tensor, floor: Tensor
+    ) -> GaussianMixture:
+        """Full covariances from an MDN head's packed precision factor (``packed (*B, n,
+        d(d+1)/2)``, ``floor (d,)``; see :func:`torchmdn.fused.unpack_precision`).
+
+        ``log_prob`` reads the packing itself (the compiled kernel); the dense factor is built
+        only when something else asks for it. Not validated (the head's output is valid by
+        construction).
+        """
+        d = loc.shape[-1]
+        shape_only = packed.new_zeros(()).expand(packed.shape[:-1] + (d, d))
+        gm = cls(logits, loc, scale_tril=shape_only, validate_args=False)
+        gm._scale_tril, gm._packed = None, (packed, floor)
+        return gm
+
+    @property
+    def _prec_tril(self) -> Tensor | None:
+        if self._prec is None and self._packed is not None:
+            self._prec = _fused.unpack_precision(*self._packed)
+        return self._prec
+
+    @_prec_tril.setter
+    def _prec_tril(self, value: Tensor | None) -> None:
+        self._prec = value
+
     @property
     def scale_tril(self) -> Tensor | None:
         """Lower-triangular Cholesky factors ``L`` of the covariances, ``(*B, n, d, d)``
@@ -289,7 +325,7 @@ class GaussianMixture(Distribution):
 
     @scale_tril.setter
     def scale_tril(self, value: Tensor | None) -> None:
-        self._scale_tril, self._prec_tril = value, None
+        self._scale_tril, self._prec, self._packed = value, None, None
 
     def _eval_precision(self) -> Tensor:
         # a half/bfloat16 factor is inverted in float32 and kept there (no rounding back)
@@ -329,6 +365,10 @@ class GaussianMixture(Distribution):
         if not _USE_FUSED:
             return self._log_prob_reference(value)
         if self._kind == _FULL:
+            if self._packed is not None and self._prec is None:  # an MDN head's output
+                packed, floor = self._packed
+                logits, loc, packed, value = _at_least_float32(self.logits, self.loc, packed, value)
+                return _fused.packed_log_prob(logits, loc, packed, floor, value)
             if self._prec_tril is None:  # from scale_tril: substitution on L, no inverse
                 logits, loc, tril, value = _at_least_float32(
                     self.logits, self.loc, self._scale_tril, value

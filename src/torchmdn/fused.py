@@ -37,11 +37,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels
 
-__all__ = ["diag_log_prob", "scale_tril_log_prob", "tril_log_prob"]
+__all__ = [
+    "diag_log_prob",
+    "packed_log_prob",
+    "scale_tril_log_prob",
+    "tril_log_prob",
+    "unpack_precision",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # just above log of the smallest normal number: float32 -87.3, float64 -708.4
@@ -111,11 +118,11 @@ def _logits_and_responsibility_grads(
 
 #: ``False`` keeps the tensor-level path even where the compiled kernel could run (tests).
 _USE_KERNEL = True
-_DIAGONAL, _ISOTROPIC, _PRECISION, _CHOLESKY = range(4)
+_DIAGONAL, _ISOTROPIC, _PRECISION, _CHOLESKY, _PACKED = range(5)
 
 
 def _kernel_log_prob(
-    kind: int, logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor
+    kind: int, logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor, floor: Tensor | None = None
 ) -> Tensor | None:
     """``log p(value)`` by the compiled kernel, or ``None`` where it does not apply.
 
@@ -130,7 +137,9 @@ def _kernel_log_prob(
     if logits.dtype not in (torch.float32, torch.float64) or not kernels.available():
         return None
     batch, (n, d) = logits.shape[:-1], loc.shape[-2:]
-    tail = {_DIAGONAL: (n, d), _ISOTROPIC: (n,)}.get(kind, (n, d, d))
+    tail = {_DIAGONAL: (n, d), _ISOTROPIC: (n,), _PACKED: (n, d * (d + 1) // 2)}.get(
+        kind, (n, d, d)
+    )
     if loc.shape != batch + (n, d) or fac.shape != batch + tail or value.shape[-1:] != (d,):
         return None
     shape = value.shape[:-1]
@@ -151,9 +160,11 @@ def _kernel_log_prob(
         _rows(fac, (P,) + fac.shape[len(batch) :]),
         _rows(value, (-1, d)),
     )
+    floor = logits.new_empty(0) if floor is None else floor.to(logits.dtype).contiguous()
     if _needs_graph(*args):
-        return _KernelLogProb.apply(*args, kind, transposed, shape)
-    return torch.ops.torchmdn.mixture_forward(*args, kind, transposed, False)[0].view(shape)
+        return _KernelLogProb.apply(*args, floor, kind, transposed, shape)
+    out = torch.ops.torchmdn.mixture_forward(*args[:3], floor, args[3], kind, transposed, False)
+    return out[0].view(shape)
 
 
 def _rows(t: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -163,13 +174,15 @@ def _rows(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.contiguous()
 
 
-def _kernel_reference(kind: int, transposed: bool, P: int):
+def _kernel_reference(kind: int, transposed: bool, P: int, floor: Tensor):
     """The plain-autograd function of the kernel's inputs (for double backward)."""
 
     def fn(logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor) -> Tensor:
         value = value.view(-1, P, value.shape[-1])
         if kind in (_DIAGONAL, _ISOTROPIC):
             return _diag_reference(logits, loc, fac, value, kind == _ISOTROPIC)
+        if kind == _PACKED:
+            return _tril_reference(logits, loc, unpack_precision(fac, floor), value)
         if kind == _PRECISION:
             return _tril_reference(logits, loc, fac, value)
         return _scale_tril_reference(logits, loc, fac.mT if transposed else fac, value)
@@ -182,29 +195,29 @@ class _KernelLogProb(torch.autograd.Function):
     (row ``i`` uses parameter row ``i % P``), ``log p`` returned in ``shape``."""
 
     @staticmethod
-    def forward(ctx, logits, loc, fac, value, kind, transposed, shape):
+    def forward(ctx, logits, loc, fac, value, floor, kind, transposed, shape):
         out, r, p = torch.ops.torchmdn.mixture_forward(
-            logits, loc, fac, value, kind, transposed, True
+            logits, loc, fac, floor, value, kind, transposed, True
         )
         ctx.kind, ctx.transposed = kind, transposed
-        ctx.save_for_backward(logits, loc, fac, value, r, p)
+        ctx.save_for_backward(logits, loc, fac, value, floor, r, p)
         return out.view(shape)
 
     @staticmethod
     def backward(ctx, g):
-        logits, loc, fac, value, r, p = ctx.saved_tensors
+        logits, loc, fac, value, floor, r, p = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
-            fn = _kernel_reference(ctx.kind, ctx.transposed, logits.shape[0])
+            fn = _kernel_reference(ctx.kind, ctx.transposed, logits.shape[0], floor)
             return (
                 _reference_grads(fn, (logits, loc, fac, value), g.reshape(-1, logits.shape[0]))
-                + (None,) * 3
+                + (None,) * 4
             )
         grads = torch.ops.torchmdn.mixture_backward(
-            g.reshape(-1), r, p, logits, loc, fac, value, ctx.kind, ctx.transposed
+            g.reshape(-1), r, p, logits, loc, fac, floor, value, ctx.kind, ctx.transposed
         )
         need = ctx.needs_input_grad
         return (
-            tuple(t if want else None for t, want in zip(grads, need, strict=False)) + (None,) * 3
+            tuple(t if want else None for t, want in zip(grads, need, strict=False)) + (None,) * 4
         )
 
 
@@ -355,6 +368,38 @@ def tril_log_prob(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor) -> T
     if _needs_graph(logits, loc, prec, value):
         return _TrilLogProb.apply(logits, loc, prec, value)
     return _tril_forward(logits, loc, prec, value)[0]
+
+
+# ---------------------------------------------------------------- full, packed as a head emits it
+
+
+def unpack_precision(packed: Tensor, floor: Tensor) -> Tensor:
+    """Dense precision factors ``(*B, n, d, d)`` from a head's packed output.
+
+    ``packed (*B, n, d(d+1)/2)`` holds the lower triangle row by row; its diagonal entries
+    ``x`` are raw: ``A_jj = 1 / (softplus(x) + floor_j)`` (``floor (d,)``), so the standard
+    deviations of the conditional ``y_j | y_<j`` are at least ``floor_j``.
+    """
+    d = floor.shape[-1]
+    rows, cols = torch.tril_indices(d, d, device=packed.device)
+    pos = torch.arange(d, device=packed.device)
+    pos = pos * (pos + 3) // 2  # where (j, j) sits in the packing
+    diag = (F.softplus(packed.index_select(-1, pos)) + floor).reciprocal()
+    entries = packed.index_copy(-1, pos, diag)
+    flat = packed.new_zeros(packed.shape[:-1] + (d * d,))
+    return flat.index_copy(-1, rows * d + cols, entries).unflatten(-1, (d, d))
+
+
+def packed_log_prob(
+    logits: Tensor, loc: Tensor, packed: Tensor, floor: Tensor, value: Tensor
+) -> Tensor:
+    """``log p(value)`` of a full-covariance mixture from a head's packed precision factor
+    (see :func:`unpack_precision`): the compiled kernel reads the packing itself; elsewhere
+    the dense factor goes to :func:`tril_log_prob`."""
+    out = _kernel_log_prob(_PACKED, logits, loc, packed, value, floor)
+    if out is not None:
+        return out
+    return tril_log_prob(logits, loc, unpack_precision(packed, floor), value)
 
 
 # ---------------------------------------------------------------- full, from scale_tril

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .distributions import GaussianMixture
 from .errors import InputError
+from .fused import unpack_precision
 
 __all__ = [
     "MLP",
@@ -175,7 +176,6 @@ class MDNHead(nn.Module):
         self.mean_grad_scaling = False
         if covariance == "full":
             rows, cols = torch.tril_indices(d, d)
-            self.register_buffer("_tril_index", rows * d + cols, persistent=False)
             self.register_buffer("_tril_is_diag", rows == cols, persistent=False)
         self.reset_parameters()
 
@@ -282,21 +282,16 @@ class MDNHead(nn.Module):
         logits, loc, raw = (t.contiguous() for t in self.linear(h).split(self._split, dim=-1))
         loc = loc.unflatten(-1, (n, d))
         if self.covariance == "full":
+            # precision factor A = L⁻¹ packed row by row: diagonal 1 / (floor + softplus),
+            # off-diagonal raw (torchmdn.fused.unpack_precision); log_prob reads the packing
             raw = raw.unflatten(-1, (n, -1))  # [*, n, d(d+1)/2]
-            # precision factor A = L⁻¹: diagonal 1 / (min_scale + softplus), off-diagonal raw
-            # (softplus only on the d diagonal entries, not all d(d+1)/2)
-            i = torch.arange(d, device=raw.device)
-            pos = i * (i + 3) // 2  # where (i, i) sits in the row-major packing of the tril
-            diag = (F.softplus(raw.index_select(-1, pos)) + self.scale_floor).reciprocal()
-            entries = raw.index_copy(-1, pos, diag)
-            flat = raw.new_zeros(raw.shape[:-1] + (d * d,))
-            prec = flat.index_copy(-1, self._tril_index, entries).unflatten(-1, (d, d))
             if self.mean_grad_scaling:
                 with torch.no_grad():  # per-dimension standard deviations: rows of L = A⁻¹
+                    prec = unpack_precision(raw, self.scale_floor)
                     eye = torch.eye(d, dtype=prec.dtype, device=prec.device)
                     sd = torch.linalg.solve_triangular(prec, eye, upper=False).norm(dim=-1)
                 loc = _scale_grad(loc, sd)
-            return GaussianMixture._from_precision_tril(logits, loc, prec, validate_args=False)
+            return GaussianMixture._from_packed_precision(logits, loc, raw, self.scale_floor)
         if self.covariance == "diagonal":
             scale = F.softplus(raw.unflatten(-1, (n, d))) + self.scale_floor
         else:

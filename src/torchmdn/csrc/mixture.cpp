@@ -40,7 +40,9 @@ using Vec = at::vec::Vectorized<T>;
 constexpr int64_t kTile = 2048;    // elements per tile buffer
 constexpr int64_t kGrain = 32768;  // elements of work per task (ATen's own grain size)
 
-enum Kind : int64_t { kDiagonal = 0, kIsotropic = 1, kPrecision = 2, kCholesky = 3 };
+// kPacked: the precision factor as an MDN head emits it, its lower triangle packed row by
+// row, [P, n, d(d+1)/2], with raw diagonal entries x: A_jj = 1 / (softplus(x) + floor_j)
+enum Kind : int64_t { kDiagonal = 0, kIsotropic = 1, kPrecision = 2, kCholesky = 3, kPacked = 4 };
 
 // c of the W = Vec<T>::size() lanes at x (c < W only at the end of a buffer)
 template <typename T>
@@ -83,6 +85,13 @@ T rowsum(const T* x, int64_t n) {
 struct Plan {
   int64_t kind, N, P, n, d, rs, cs;
   int64_t reps() const { return P ? N / P : 0; }
+  int64_t tri() const { return d * (d + 1) / 2; }
+  // scale entries per parameter row
+  int64_t per_row() const {
+    return kind == kDiagonal ? n * d : kind == kIsotropic ? n : kind == kPacked ? n * tri() : n * d * d;
+  }
+  // the dense row-major precision factor a packed one is unpacked into
+  Plan dense() const { return Plan{kPrecision, N, P, n, d, d, 1}; }
   int64_t tile_rows() const { return std::max<int64_t>(1, kTile / (n * d)); }
   int64_t work() const { return n * (kind >= kPrecision ? d * (d + 1) : d + 1); }
   int64_t tiles_per_task() const {
@@ -93,11 +102,14 @@ struct Plan {
 // Scratch of one task.
 template <typename T>
 struct Scratch {
-  std::vector<T> a, b, c, v1, v2, v3;
+  std::vector<T> a, b, c, v1, v2, v3, fac, dfac, x, f;
   explicit Scratch(const Plan& pl) {
     const int64_t E = pl.tile_rows() * pl.n * pl.d, C = pl.tile_rows() * pl.n;
     a.resize(E), b.resize(E), c.resize(C);
     v1.resize(pl.d), v2.resize(pl.d), v3.resize(pl.d);
+    if (pl.kind == kPacked) {  // a tile of dense factors and its gradient; diagonals
+      fac.resize(E * pl.d), dfac.resize(E * pl.d), x.resize(E), f.resize(E);
+    }
   }
 };
 
@@ -235,14 +247,73 @@ void factor_density(const Plan& pl, const T* y, const T* loc, const T* fac, int6
     }
 }
 
+// ---------------------------------------------------------------- packed precision factor
+
+// C packed factors [C, d(d+1)/2] into dense row-major ones [C, d, d]; the raw diagonal
+// entries are kept in s.x, 1 / (softplus(x) + floor) on the dense diagonal (softplus as
+// torch's: x itself above 20).
+template <typename T>
+void unpack(const T* packed, const T* floor, int64_t C, int64_t d, Scratch<T>& s) {
+  const int64_t tri = d * (d + 1) / 2, E = C * d, W = Vec<T>::size();
+  T* x = s.x.data();
+  T* f = s.f.data();
+  for (int64_t e = 0; e < C; ++e)
+    for (int64_t i = 0; i < d; ++i) {
+      x[e * d + i] = packed[e * tri + i * (i + 3) / 2];
+      f[e * d + i] = floor[i];
+    }
+  const Vec<T> threshold(T(20)), one(T(1));
+  for (int64_t t = 0; t < E; t += W) {  // f <- 1 / (softplus(x) + floor)
+    const int64_t c = std::min(W, E - t);
+    const Vec<T> v = load(x + t, c);
+    const Vec<T> sp = Vec<T>::blendv(v.exp().log1p(), v, v > threshold);
+    store(one / (sp + load(f + t, c)), f + t, c);
+  }
+  T* F = s.fac.data();
+  std::fill(F, F + C * d * d, T(0));
+  for (int64_t e = 0; e < C; ++e) {
+    const T* src = packed + e * tri;
+    T* dst = F + e * d * d;
+    for (int64_t i = 0; i < d; ++i) {
+      for (int64_t j = 0; j < i; ++j) dst[i * d + j] = src[i * (i + 1) / 2 + j];
+      dst[i * d + i] = f[e * d + i];
+    }
+  }
+}
+
+// The gradient of C dense factors (s.dfac) back to their packed raw entries, using the
+// diagonal unpack() left in s.x (raw) and s.f (A_jj): ∂A_jj/∂x = −A_jj² sigmoid(x).
+template <typename T>
+void pack_grad(int64_t C, int64_t d, Scratch<T>& s, T* dpacked) {
+  const int64_t tri = d * (d + 1) / 2, E = C * d, W = Vec<T>::size();
+  const T* dF = s.dfac.data();
+  T* x = s.x.data();
+  const T* f = s.f.data();
+  const Vec<T> threshold(T(20)), one(T(1)), zero(T(0));
+  for (int64_t t = 0; t < E; t += W) {  // x <- sigmoid(x) (1 above 20, as softplus' slope)
+    const int64_t c = std::min(W, E - t);
+    const Vec<T> v = load(x + t, c);
+    store(Vec<T>::blendv(one / (one + (zero - v).exp()), one, v > threshold), x + t, c);
+  }
+  for (int64_t e = 0; e < C; ++e) {
+    const T* src = dF + e * d * d;
+    T* dst = dpacked + e * tri;
+    for (int64_t i = 0; i < d; ++i) {
+      for (int64_t j = 0; j < i; ++j) dst[i * (i + 1) / 2 + j] = src[i * d + j];
+      const T a = f[e * d + i];
+      dst[i * (i + 3) / 2] = -src[i * d + i] * a * a * x[e * d + i];
+    }
+  }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename T>
-void forward_impl(const Plan& pl, const T* logits, const T* loc, const T* scale, const T* y,
-                  T* out, T* r, T* p) {
+void forward_impl(const Plan& pl, const T* logits, const T* loc, const T* scale, const T* floor,
+                  const T* y, T* out, T* r, T* p) {
   const int64_t n = pl.n, d = pl.d, R = pl.tile_rows();
   const int64_t qtiles = (pl.P + R - 1) / R;
-  const int64_t sc = pl.kind == kDiagonal ? n * d : pl.kind == kIsotropic ? n : n * d * d;
+  const int64_t sc = pl.per_row();
   const T shift = T(0.5) * T(d) * T(1.8378770664093454836);  // (d/2) log 2π
   // tiles of value rows, each within one repetition of the parameter rows
   at::parallel_for(0, pl.reps() * qtiles, pl.tiles_per_task(), [&](int64_t t0, int64_t t1) {
@@ -258,7 +329,10 @@ void forward_impl(const Plan& pl, const T* logits, const T* loc, const T* scale,
         diag_density(Y, M, S, rows, n, d, a, s.a.data());
       else if (pl.kind == kIsotropic)
         iso_density(Y, M, S, rows, n, d, a, s.a.data());
-      else
+      else if (pl.kind == kPacked) {
+        unpack(S, floor, rows * n, d, s);
+        factor_density(pl.dense(), Y, M, s.fac.data(), rows, a, s.a.data(), s);
+      } else
         factor_density(pl, Y, M, S, rows, a, s.a.data(), s);
       mix(logits + q0 * n, a, s.b.data(), rows, n, shift, out + i0, r ? r + i0 : nullptr, pl.N,
           p && rep == 0 ? p + q0 : nullptr, pl.P);
@@ -363,10 +437,11 @@ void backward_tile(const Plan& pl, const T* g, const T* r, const T* p, const T* 
 
 template <typename T>
 void backward_impl(const Plan& pl, const T* g, const T* r, const T* p, const T* loc,
-                   const T* scale, const T* y, T* dl, T* dloc, T* dscale, T* dy) {
+                   const T* scale, const T* floor, const T* y, T* dl, T* dloc, T* dscale, T* dy) {
   const int64_t n = pl.n, d = pl.d, R = pl.tile_rows();
   const int64_t qtiles = (pl.P + R - 1) / R;
-  const int64_t sc = pl.kind == kDiagonal ? n * d : pl.kind == kIsotropic ? n : n * d * d;
+  const int64_t sc = pl.per_row();
+  const bool packed = pl.kind == kPacked;
   const int64_t grain = std::max<int64_t>(1, pl.tiles_per_task() / std::max<int64_t>(1, pl.reps()));
   // tasks own parameter rows; the repetitions that share them run inside one task
   at::parallel_for(0, qtiles, grain, [&](int64_t t0, int64_t t1) {
@@ -375,23 +450,32 @@ void backward_impl(const Plan& pl, const T* g, const T* r, const T* p, const T* 
       const int64_t q0 = t * R, rows = std::min(R, pl.P - q0);
       std::fill(dl + q0 * n, dl + (q0 + rows) * n, T(0));
       std::fill(dloc + q0 * n * d, dloc + (q0 + rows) * n * d, T(0));
-      std::fill(dscale + q0 * sc, dscale + (q0 + rows) * sc, T(0));
+      const T* S = scale + q0 * sc;
+      T* dS = dscale + q0 * sc;
+      if (packed) {  // work on the dense factors; pack their gradient at the end
+        unpack(S, floor, rows * n, d, s);
+        S = s.fac.data();
+        dS = s.dfac.data();
+        std::fill(dS, dS + rows * n * d * d, T(0));
+      } else {
+        std::fill(dS, dS + rows * sc, T(0));
+      }
       for (int64_t rep = 0; rep < pl.reps(); ++rep) {
         const int64_t i0 = rep * pl.P + q0;
-        backward_tile(pl, g + i0, r + i0, p + q0, loc + q0 * n * d, scale + q0 * sc,
-                      y + i0 * d, rows, dl + q0 * n, dloc + q0 * n * d, dscale + q0 * sc,
-                      dy + i0 * d, s);
+        backward_tile(packed ? pl.dense() : pl, g + i0, r + i0, p + q0, loc + q0 * n * d, S,
+                      y + i0 * d, rows, dl + q0 * n, dloc + q0 * n * d, dS, dy + i0 * d, s);
       }
+      if (packed) pack_grad(rows * n, d, s, dscale + q0 * sc);
     }
   });
 }
 
 // ---------------------------------------------------------------- operators
 
-Plan plan(const Tensor& logits, const Tensor& loc, const Tensor& scale, const Tensor& value,
-          int64_t kind, bool transposed) {
-  TORCH_CHECK(kind >= kDiagonal && kind <= kCholesky, "torchmdn kernel: unknown kind ", kind);
-  for (const Tensor* t : {&logits, &loc, &scale, &value}) {
+Plan plan(const Tensor& logits, const Tensor& loc, const Tensor& scale, const Tensor& floor,
+          const Tensor& value, int64_t kind, bool transposed) {
+  TORCH_CHECK(kind >= kDiagonal && kind <= kPacked, "torchmdn kernel: unknown kind ", kind);
+  for (const Tensor* t : {&logits, &loc, &scale, &floor, &value}) {
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == value.scalar_type(),
                 "torchmdn kernel: expects contiguous CPU tensors of one dtype");
   }
@@ -403,23 +487,25 @@ Plan plan(const Tensor& logits, const Tensor& loc, const Tensor& scale, const Te
   TORCH_CHECK(pl.n > 0 && pl.d > 0 && loc.size(0) == pl.P && loc.size(1) == pl.n &&
                   value.size(1) == pl.d && (pl.P == 0 ? pl.N == 0 : pl.N % pl.P == 0),
               "torchmdn kernel: inconsistent shapes");
-  const int64_t want = kind == kDiagonal ? pl.n * pl.d : kind == kIsotropic ? pl.n : pl.n * pl.d * pl.d;
-  TORCH_CHECK(scale.size(0) == pl.P && scale.numel() == pl.P * want,
+  TORCH_CHECK(scale.size(0) == pl.P && scale.numel() == pl.P * pl.per_row(),
               "torchmdn kernel: scale has the wrong shape");
+  TORCH_CHECK(floor.numel() == (kind == kPacked ? pl.d : 0),
+              "torchmdn kernel: floor must have d entries (packed factors) or none");
   return pl;
 }
 
 std::tuple<Tensor, Tensor, Tensor> mixture_forward(const Tensor& logits, const Tensor& loc,
-                                                   const Tensor& scale, const Tensor& value,
-                                                   int64_t kind, bool transposed, bool save) {
-  const Plan pl = plan(logits, loc, scale, value, kind, transposed);
+                                                   const Tensor& scale, const Tensor& floor,
+                                                   const Tensor& value, int64_t kind,
+                                                   bool transposed, bool save) {
+  const Plan pl = plan(logits, loc, scale, floor, value, kind, transposed);
   Tensor out = at::empty({pl.N}, value.options());
   Tensor r = at::empty({pl.n, save ? pl.N : 0}, value.options());  // component-major
   Tensor p = at::empty({pl.n, save ? pl.P : 0}, value.options());
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_mixture_forward", [&] {
     forward_impl<scalar_t>(pl, logits.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(),
-                           scale.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
-                           out.mutable_data_ptr<scalar_t>(),
+                           scale.const_data_ptr<scalar_t>(), floor.const_data_ptr<scalar_t>(),
+                           value.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                            save ? r.mutable_data_ptr<scalar_t>() : nullptr,
                            save ? p.mutable_data_ptr<scalar_t>() : nullptr);
   });
@@ -428,8 +514,9 @@ std::tuple<Tensor, Tensor, Tensor> mixture_forward(const Tensor& logits, const T
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward(
     const Tensor& grad, const Tensor& r, const Tensor& p, const Tensor& logits, const Tensor& loc,
-    const Tensor& scale, const Tensor& value, int64_t kind, bool transposed) {
-  const Plan pl = plan(logits, loc, scale, value, kind, transposed);
+    const Tensor& scale, const Tensor& floor, const Tensor& value, int64_t kind,
+    bool transposed) {
+  const Plan pl = plan(logits, loc, scale, floor, value, kind, transposed);
   const Tensor g = grad.contiguous();  // often an expanded scalar (the gradient of a mean)
   for (const Tensor* t : {&g, &r, &p}) {
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == value.scalar_type(),
@@ -442,8 +529,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward(
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_mixture_backward", [&] {
     backward_impl<scalar_t>(pl, g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
                             p.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(),
-                            scale.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
-                            dl.mutable_data_ptr<scalar_t>(), dloc.mutable_data_ptr<scalar_t>(),
+                            scale.const_data_ptr<scalar_t>(), floor.const_data_ptr<scalar_t>(),
+                            value.const_data_ptr<scalar_t>(), dl.mutable_data_ptr<scalar_t>(), dloc.mutable_data_ptr<scalar_t>(),
                             dscale.mutable_data_ptr<scalar_t>(), dy.mutable_data_ptr<scalar_t>());
   });
   return {dl, dloc, dscale, dy};
@@ -452,10 +539,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward(
 }  // namespace
 
 TORCH_LIBRARY(torchmdn, m) {
-  m.def("mixture_forward(Tensor logits, Tensor loc, Tensor scale, Tensor value, int kind, "
-        "bool transposed, bool save) -> (Tensor, Tensor, Tensor)");
+  m.def("mixture_forward(Tensor logits, Tensor loc, Tensor scale, Tensor floor, Tensor value, "
+        "int kind, bool transposed, bool save) -> (Tensor, Tensor, Tensor)");
   m.def("mixture_backward(Tensor g, Tensor r, Tensor p, Tensor logits, Tensor loc, "
-        "Tensor scale, Tensor value, int kind, bool transposed) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor scale, Tensor floor, Tensor value, int kind, bool transposed) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(torchmdn, CPU, m) {
