@@ -14,7 +14,7 @@ $(BIN)/activate:
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e '.[plot,sklearn,dev,data,export,stream]' $(TORCH_PIN)
-	$(BIN)/python -c "from torchmdn import kernels; print(kernels.status())"  # compile it once
+	$(BIN)/torchmdn kernel || true  # compile the CPU likelihood kernel once (optional)
 	touch $@
 
 venv: $(VENV)/.installed

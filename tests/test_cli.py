@@ -100,6 +100,16 @@ def test_help_as_a_module():
         assert command in proc.stdout
 
 
+def test_kernel_command_builds_and_reports(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHMDN_CACHE", str(tmp_path))
+    assert main(["kernel", "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled CPU kernel in use" in out
+    assert list((tmp_path / "kernels").glob("mixture-*.so"))  # rebuilt into this cache
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails: a one-line error, status 1
+    _one_error_line(capsys, main(["kernel", "--rebuild"]), "kernel", "false failed (exit 1)")
+
+
 def test_fit_writes_a_loadable_model(tmp_path, data, capsys):
     out = tmp_path / "m.safetensors"
     rc = main(["fit", str(data), "--target", "y", *FIT, "-o", str(out)])

@@ -268,6 +268,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kernel(args: argparse.Namespace) -> int:
+    from . import kernels
+
+    if args.rebuild:
+        try:
+            kernels.build(force=True)
+        except RuntimeError as err:
+            print(f"torchmdn kernel: error: {err}", file=sys.stderr)
+            return 1
+    print(kernels.status())
+    return 0 if kernels.available() else 1
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -327,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("-o", "--output", help="CSV to write (default: stdout)")
         c.set_defaults(run=fn)
+
+    k = sub.add_parser(
+        "kernel",
+        help="build the compiled CPU likelihood kernel now (else on first use) and say where",
+    )
+    k.add_argument("--rebuild", action="store_true", help="compile again even if cached")
+    k.set_defaults(run=_cmd_kernel)
     return p
 
 
