@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Distribution
 
 import torchmdn.distributions as tdist
-from torchmdn import GaussianMixture, fused, kernels
+from torchmdn import GaussianMixture, kernels
 from torchmdn.nn import MDNHead
 
 F64 = torch.float64
@@ -22,21 +22,21 @@ def path(request, monkeypatch):
     if request.param == "kernel":
         assert kernels.available(), kernels.status()
         ran = []
-        real = fused._kernel_log_prob
+        real = kernels.log_prob
 
         def spy(kind, *args):
             out = real(kind, *args)
             ran.append(None if out is None else kind)
             return out
 
-        monkeypatch.setattr(fused, "_kernel_log_prob", spy)
+        monkeypatch.setattr(kernels, "log_prob", spy)
         return ran
-    monkeypatch.setattr(fused, "_USE_KERNEL", False)
+    monkeypatch.setattr(kernels, "_USE_KERNEL", False)
     return None
 
 
 def backward_name(path, tensor_level: str) -> str:
-    return tensor_level if path is None else "_KernelLogProbBackward"
+    return tensor_level if path is None else "_LogProbBackward"
 
 
 def params(kind, batch, n, d, dtype=F64, seed=0):
@@ -238,7 +238,7 @@ def test_mixture_from_scale_tril_dispatches_to_the_scale_tril_function(path):
     gm.joint_log_prob(y)  # materialises the precision factor, which is then used
     assert gm.log_prob(y).grad_fn.name() == backward_name(path, "_TrilLogProbBackward")
     if path is not None:
-        assert path == [fused._CHOLESKY, fused._PRECISION]
+        assert path == [kernels.CHOLESKY, kernels.PRECISION]
     with torch.no_grad():
         lp = GaussianMixture(logits, loc, scale_tril=tril).log_prob(y)
     torch.testing.assert_close(lp, gm.to_torch().log_prob(y), rtol=1e-10, atol=0)

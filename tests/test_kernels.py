@@ -18,7 +18,7 @@ import torch
 from torchmdn import GaussianMixture, fused, kernels
 
 F64, F32 = torch.float64, torch.float32
-KINDS = (fused._DIAGONAL, fused._ISOTROPIC, fused._PRECISION, fused._CHOLESKY, fused._PACKED)
+KINDS = (kernels.DIAGONAL, kernels.ISOTROPIC, kernels.PRECISION, kernels.CHOLESKY, kernels.PACKED)
 
 
 def floor(loc):
@@ -27,11 +27,11 @@ def floor(loc):
 
 
 FUNCTION = {
-    fused._DIAGONAL: lambda *t: fused.diag_log_prob(*t),
-    fused._ISOTROPIC: lambda *t: fused.diag_log_prob(*t, isotropic=True),
-    fused._PRECISION: fused.tril_log_prob,
-    fused._CHOLESKY: fused.scale_tril_log_prob,
-    fused._PACKED: lambda lg, mu, pk, y: fused.packed_log_prob(lg, mu, pk, floor(mu), y),
+    kernels.DIAGONAL: lambda *t: fused.diag_log_prob(*t),
+    kernels.ISOTROPIC: lambda *t: fused.diag_log_prob(*t, isotropic=True),
+    kernels.PRECISION: fused.tril_log_prob,
+    kernels.CHOLESKY: fused.scale_tril_log_prob,
+    kernels.PACKED: lambda lg, mu, pk, y: fused.packed_log_prob(lg, mu, pk, floor(mu), y),
 }
 # (sample shape, batch shape, n, d): d = 1, n = 1, batch of 1, no batch, samples, many tasks
 SHAPES = [
@@ -52,26 +52,26 @@ def mixture(kind, batch, n, d, dtype=F64, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     logits = 2 * torch.randn(*batch, n, generator=g, dtype=dtype)
     loc = scale * torch.randn(*batch, n, d, generator=g, dtype=dtype)
-    if kind == fused._DIAGONAL:
+    if kind == kernels.DIAGONAL:
         fac = scale * (0.3 + torch.rand(*batch, n, d, generator=g, dtype=dtype))
-    elif kind == fused._ISOTROPIC:
+    elif kind == kernels.ISOTROPIC:
         fac = scale * (0.3 + torch.rand(*batch, n, generator=g, dtype=dtype))
-    elif kind == fused._PACKED:  # raw head outputs; diagonal A_jj = 1 / (softplus + floor)
+    elif kind == kernels.PACKED:  # raw head outputs; diagonal A_jj = 1 / (softplus + floor)
         fac = torch.randn(*batch, n, d * (d + 1) // 2, generator=g, dtype=dtype) / scale
         fac[..., torch.arange(d) * (torch.arange(d) + 3) // 2] += 2 * math.log(scale)
     else:
         a = torch.randn(*batch, n, d, d, generator=g, dtype=dtype) / d**0.5
         chol = scale * torch.linalg.cholesky(a @ a.mT + 0.5 * torch.eye(d, dtype=dtype))
-        fac = torch.linalg.inv(chol).tril() if kind == fused._PRECISION else chol
+        fac = torch.linalg.inv(chol).tril() if kind == kernels.PRECISION else chol
     return [t.requires_grad_() for t in (logits, loc, fac)]
 
 
 def value_and_grads(kind, inputs, use_kernel, seed=1):
-    old, fused._USE_KERNEL = fused._USE_KERNEL, use_kernel
+    old, kernels._USE_KERNEL = kernels._USE_KERNEL, use_kernel
     try:
         out = FUNCTION[kind](*inputs)
     finally:
-        fused._USE_KERNEL = old
+        kernels._USE_KERNEL = old
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     wanted = [t for t in inputs if t.requires_grad]
     return out, torch.autograd.grad(out, wanted, g) if wanted else ()
@@ -79,7 +79,7 @@ def value_and_grads(kind, inputs, use_kernel, seed=1):
 
 def assert_same(kind, inputs, rtol):
     (out, grads), (ref, ref_grads) = (value_and_grads(kind, inputs, k) for k in (True, False))
-    assert out.grad_fn.name() == "_KernelLogProbBackward"
+    assert out.grad_fn.name() == "_LogProbBackward"
     scale = ref.abs().max().item() if ref.numel() else 0.0
     torch.testing.assert_close(out, ref, rtol=rtol, atol=rtol * scale)
     for a, b in zip(grads, ref_grads, strict=True):
@@ -89,14 +89,14 @@ def assert_same(kind, inputs, rtol):
 def test_kernel_is_built_and_used():
     assert kernels.available(), kernels.status()
     assert "in use" in kernels.status() and ".so" in kernels.status()
-    logits, loc, scale = mixture(fused._DIAGONAL, (4,), 3, 2)
+    logits, loc, scale = mixture(kernels.DIAGONAL, (4,), 3, 2)
     gm = GaussianMixture(logits, loc, scale=scale, validate_args=False)
-    assert gm.log_prob(torch.zeros(4, 2, dtype=F64)).grad_fn.name() == "_KernelLogProbBackward"
+    assert gm.log_prob(torch.zeros(4, 2, dtype=F64)).grad_fn.name() == "_LogProbBackward"
 
 
 # the 20000-row batch (several tasks) for the diagonal kinds only: full factors add nothing
 GRID = [
-    (k, *shape) for k in KINDS for shape in SHAPES if k < fused._PRECISION or shape[1] != (20000,)
+    (k, *shape) for k in KINDS for shape in SHAPES if k < kernels.PRECISION or shape[1] != (20000,)
 ]
 
 
@@ -117,20 +117,20 @@ def test_extreme_scales(kind, scale):
 
 
 def test_value_broadcast_against_the_batch_and_a_column_major_cholesky_factor():
-    logits, loc, fac = mixture(fused._CHOLESKY, (6,), 3, 4)
+    logits, loc, fac = mixture(kernels.CHOLESKY, (6,), 3, 4)
     colmajor = fac.detach().mT.contiguous().mT.requires_grad_()  # LAPACK's layout
     assert not colmajor.is_contiguous() and colmajor.mT.is_contiguous()
     y = torch.randn(5, 1, 4, dtype=F64, requires_grad=True)  # broadcasts to (5, 6, 4)
-    assert_same(fused._CHOLESKY, (logits, loc, colmajor, y), 1e-12)
-    out, (*_, dfac, dy) = value_and_grads(fused._CHOLESKY, (logits, loc, colmajor, y), True)
+    assert_same(kernels.CHOLESKY, (logits, loc, colmajor, y), 1e-12)
+    out, (*_, dfac, dy) = value_and_grads(kernels.CHOLESKY, (logits, loc, colmajor, y), True)
     assert out.shape == (5, 6) and dy.shape == y.shape and dfac.shape == fac.shape
 
 
 def test_non_contiguous_parameters():
-    logits, loc, scale = mixture(fused._DIAGONAL, (8,), 3, 2)
+    logits, loc, scale = mixture(kernels.DIAGONAL, (8,), 3, 2)
     loc_t = loc.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
     assert not loc_t.is_contiguous()
-    assert_same(fused._DIAGONAL, (logits, loc_t, scale, torch.randn(8, 2, dtype=F64)), 1e-12)
+    assert_same(kernels.DIAGONAL, (logits, loc_t, scale, torch.randn(8, 2, dtype=F64)), 1e-12)
 
 
 def test_gradcheck_through_the_kernel():
@@ -139,7 +139,7 @@ def test_gradcheck_through_the_kernel():
         y = torch.randn(2, 3, 2, dtype=F64, requires_grad=True)
         assert torch.autograd.gradcheck(FUNCTION[kind], (logits, loc, fac, y))
         out = FUNCTION[kind](logits, loc, fac, y)
-        assert out.grad_fn.name() == "_KernelLogProbBackward"
+        assert out.grad_fn.name() == "_LogProbBackward"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -159,9 +159,9 @@ def test_thread_count_does_not_change_a_bit(kind):
 
 
 def test_empty_batch_of_values():
-    logits, loc, scale = mixture(fused._DIAGONAL, (), 3, 2)
+    logits, loc, scale = mixture(kernels.DIAGONAL, (), 3, 2)
     out, grads = value_and_grads(
-        fused._DIAGONAL, (logits, loc, scale, torch.zeros(0, 2, dtype=F64)), True
+        kernels.DIAGONAL, (logits, loc, scale, torch.zeros(0, 2, dtype=F64)), True
     )
     assert out.shape == (0,)
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
@@ -187,17 +187,17 @@ def test_nan_stays_in_its_row_and_overflow_stays_finite(kind):
 
 
 def test_parameters_broadcast_among_themselves_take_the_tensor_path():
-    logits, loc, scale = mixture(fused._DIAGONAL, (5,), 3, 2)
+    logits, loc, scale = mixture(kernels.DIAGONAL, (5,), 3, 2)
     shared = loc[:1].detach().clone().requires_grad_()  # one set of means for the batch
     y = torch.randn(5, 2, dtype=F64)
-    assert fused._kernel_log_prob(fused._DIAGONAL, logits, shared, scale, y) is None
+    assert kernels.log_prob(kernels.DIAGONAL, logits, shared, scale, y) is None
     out = fused.diag_log_prob(logits, shared, scale, y)
     assert out.grad_fn.name() == "_DiagLogProbBackward"
 
 
 def test_bfloat16_mixture_runs_the_kernel_in_float32():
     logits, loc, scale = (
-        t.detach().to(torch.bfloat16) for t in mixture(fused._DIAGONAL, (9,), 3, 2)
+        t.detach().to(torch.bfloat16) for t in mixture(kernels.DIAGONAL, (9,), 3, 2)
     )
     gm = GaussianMixture(logits, loc, scale=scale, validate_args=False)
     y = torch.randn(9, 2, dtype=torch.bfloat16)
@@ -266,10 +266,82 @@ def test_one_gaussian_matches_its_closed_form_over_70_decades_of_scale(dtype):
     out = fused.diag_log_prob(zeros, zeros.view(n, 1, 1), sd.view(n, 1, 1), zeros)
     assert (
         out.grad_fn is None
-        and fused._kernel_log_prob(0, zeros, zeros.view(n, 1, 1), sd.view(n, 1, 1), zeros)
-        is not None
+        and kernels.log_prob(0, zeros, zeros.view(n, 1, 1), sd.view(n, 1, 1), zeros) is not None
     )
     truth = -torch.log(sd.double()) - 0.5 * math.log(2 * math.pi)
     scale = truth.abs().clamp_min(1.0)  # round-off of the two terms, not of their difference
     err = ((out.double() - truth).abs() / scale).max().item()
     assert err <= 2 * torch.finfo(dtype).eps, err
+
+
+# ---------------------------------------------------------------- straight from a head's output
+
+COVARIANCES = ("diagonal", "isotropic", "full")
+
+
+def head_output(covariance, batch, n, d, dtype=F64, seed=0):
+    from torchmdn.nn import MDNHead
+
+    torch.manual_seed(seed)
+    head = MDNHead(6, d, n, covariance=covariance).to(dtype)
+    head.scale_floor.copy_(0.01 * torch.arange(1, d + 1, dtype=dtype))
+    h = torch.randn(*batch, 6, dtype=dtype)
+    out = head.linear(h)
+    out.data[..., -1] += 25.0  # one raw scale above softplus' threshold (20)
+    return head, out.detach().requires_grad_()
+
+
+@pytest.mark.parametrize("covariance", COVARIANCES)
+@pytest.mark.parametrize(
+    "sample, batch, n, d", [((), (7,), 3, 2), ((4,), (2, 3), 2, 1), ((), (), 1, 3)]
+)
+def test_head_output_read_directly_equals_its_split_parameters(covariance, sample, batch, n, d):
+    head, out = head_output(covariance, batch, n, d)
+    y = torch.randn(*sample, *batch, d, dtype=F64, requires_grad=True)
+    floor = head.scale_floor if covariance != "isotropic" else head.scale_floor.max()[None]
+    direct = GaussianMixture._from_head(out, floor, covariance, n, d)
+    lp = direct.log_prob(y)
+    assert lp.grad_fn.name() == "_HeadLogProbBackward"
+    got = torch.autograd.grad(lp.sum(), (out, y))
+    split = GaussianMixture._from_head(out, floor, covariance, n, d)
+    assert split.loc.shape == batch + (n, d)  # split off: log_prob then runs on them
+    lp_split = split.log_prob(y)
+    assert lp_split.grad_fn.name() != "_HeadLogProbBackward"
+    want = torch.autograd.grad(lp_split.sum(), (out, y))
+    torch.testing.assert_close(lp, lp_split, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_head_path_gradcheck_and_second_order(covariance):
+    head, out = head_output(covariance, (3,), 2, 2)
+    floor = head.scale_floor if covariance != "isotropic" else head.scale_floor.max()[None]
+    y = torch.randn(2, 3, 2, dtype=F64, requires_grad=True)
+
+    def fn(out, y):
+        return GaussianMixture._from_head(out, floor, covariance, 2, 2).log_prob(y)
+
+    assert fn(out, y).grad_fn.name() == "_HeadLogProbBackward"
+    assert torch.autograd.gradcheck(fn, (out, y))
+    assert torch.autograd.gradgradcheck(fn, (out, y), fast_mode=True)
+
+
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_mdn_head_float32_kernel_equals_tensor_path(covariance):
+    head, out = head_output(covariance, (300,), 4, 3, dtype=F32)
+    y = torch.randn(300, 3)
+    results = []
+    for use in (True, False):
+        head.zero_grad()
+        old, kernels._USE_KERNEL = kernels._USE_KERNEL, use
+        try:
+            lp = head(torch.randn(300, 6, generator=torch.Generator().manual_seed(1))).log_prob(y)
+            lp.mean().backward()
+        finally:
+            kernels._USE_KERNEL = old
+        results.append(
+            (lp.detach(), head.linear.weight.grad.clone(), head.linear.bias.grad.clone())
+        )
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())

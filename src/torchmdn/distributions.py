@@ -55,6 +55,12 @@ __all__ = ["GaussianMixture"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _DIAGONAL, _ISOTROPIC, _FULL = "diagonal", "isotropic", "full"
+# how the covariance of each kind sits in an MDN head's output (torchmdn.fused.head_parameters)
+_HEAD_KIND = {
+    _DIAGONAL: _fused.kernels.DIAGONAL,
+    _ISOTROPIC: _fused.kernels.ISOTROPIC,
+    _FULL: _fused.kernels.PACKED,
+}
 #: ``True``: ``log_prob`` uses the fused autograd Functions of :mod:`torchmdn.fused`;
 #: ``False``: the plain-autograd reference path (``GaussianMixture._log_prob_reference``).
 _USE_FUSED = True
@@ -125,7 +131,9 @@ class GaussianMixture(Distribution):
     # full covariances: the precision factor A = L⁻¹ (dense, built when first needed) and,
     # for a head's output, its packed form (raw packing, floor) that log_prob reads directly
     _prec: Tensor | None = None
-    _packed: tuple[Tensor, Tensor] | None = None
+    # made by an MDN head (_from_head): its output (out, floor, n, d); the parameters are
+    # split off it only when something other than log_prob asks for them (__getattr__)
+    _head: tuple[Tensor, Tensor, int, int] | None = None
 
     def __init__(
         self,
@@ -289,6 +297,35 @@ class GaussianMixture(Distribution):
         return gm
 
     @classmethod
+    def _from_head(
+        cls, out: Tensor, floor: Tensor, covariance: str, n: int, d: int
+    ) -> GaussianMixture:
+        """The mixture in an MDN head's output ``out (*B, n + n d + s)`` (layout and ``floor``:
+        :func:`torchmdn.fused.head_parameters`). ``log_prob`` reads ``out`` itself (the
+        compiled kernel: one pass, one gradient for the whole output); ``logits``, ``loc`` and
+        the scales are split off it on first use by anything else. Not validated (valid by
+        construction)."""
+        gm = cls.__new__(cls)
+        gm._kind, gm._head = covariance, (out, floor, n, d)
+        Distribution.__init__(gm, out.shape[:-1], torch.Size((d,)), validate_args=False)
+        return gm
+
+    def __getattr__(self, name: str):
+        # only reached for attributes not set: the parameters of a mixture made by _from_head
+        head = self.__dict__.get("_head")
+        if head is None or name not in ("logits", "loc", "scale", "_scale_tril", "_packed"):
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        out, floor, n, d = head
+        self.logits, self.loc, scale = _fused.head_parameters(
+            out, floor, _HEAD_KIND[self._kind], n, d
+        )
+        if self._kind == _FULL:
+            self.scale, self._scale_tril, self._packed = None, None, (scale, floor)
+        else:
+            self.scale, self._scale_tril, self._packed = scale, None, None
+        return getattr(self, name)
+
+    @classmethod
     def _from_packed_precision(
         cls, logits: Tensor, loc: Tensor, packed: Tensor, floor: Tensor
     ) -> GaussianMixture:
@@ -364,6 +401,12 @@ class GaussianMixture(Distribution):
             self._validate_sample(value)
         if not _USE_FUSED:
             return self._log_prob_reference(value)
+        if self._head is not None and "logits" not in self.__dict__:
+            # an MDN head's output, read as it is (once the parameters have been split off,
+            # they are used instead: gradients then reach the tensors the caller holds)
+            out, floor, n, _ = self._head
+            out, value = _at_least_float32(out, value)
+            return _fused.head_log_prob(out, floor, _HEAD_KIND[self._kind], n, value)
         if self._kind == _FULL:
             if self._packed is not None and self._prec is None:  # an MDN head's output
                 packed, floor = self._packed

@@ -44,6 +44,8 @@ from . import kernels
 
 __all__ = [
     "diag_log_prob",
+    "head_log_prob",
+    "head_parameters",
     "packed_log_prob",
     "scale_tril_log_prob",
     "tril_log_prob",
@@ -112,113 +114,6 @@ def _logits_and_responsibility_grads(
     if need:
         dlogits = torch.addcmul(gr, ec, (g / sc).unsqueeze(-1), value=-1).sum_to_size(shape)
     return gr, dlogits
-
-
-# ---------------------------------------------------------------- compiled kernel
-
-#: ``False`` keeps the tensor-level path even where the compiled kernel could run (tests).
-_USE_KERNEL = True
-_DIAGONAL, _ISOTROPIC, _PRECISION, _CHOLESKY, _PACKED = range(5)
-
-
-def _kernel_log_prob(
-    kind: int, logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor, floor: Tensor | None = None
-) -> Tensor | None:
-    """``log p(value)`` by the compiled kernel, or ``None`` where it does not apply.
-
-    It applies on the CPU in float32/float64 when the parameters share one batch shape ``B``
-    (no broadcasting among them) and ``value`` broadcasts to ``(*S, *B, d)``; anything else,
-    and tracing or compiling, takes the tensor-level path.
-    """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return None
-    if not _USE_KERNEL or logits.device.type != "cpu":
-        return None
-    if logits.dtype not in (torch.float32, torch.float64) or not kernels.available():
-        return None
-    batch, (n, d) = logits.shape[:-1], loc.shape[-2:]
-    tail = {_DIAGONAL: (n, d), _ISOTROPIC: (n,), _PACKED: (n, d * (d + 1) // 2)}.get(
-        kind, (n, d, d)
-    )
-    if loc.shape != batch + (n, d) or fac.shape != batch + tail or value.shape[-1:] != (d,):
-        return None
-    shape = value.shape[:-1]
-    if shape[len(shape) - len(batch) :] != batch:  # value broadcasts against the batch
-        try:
-            shape = torch.broadcast_shapes(shape, batch)
-        except RuntimeError:
-            return None
-        if shape[len(shape) - len(batch) :] != batch:
-            return None
-        value = value.expand(shape + (d,))
-    P = math.prod(batch)
-    transposed = kind == _CHOLESKY and not fac.is_contiguous() and fac.mT.is_contiguous()
-    fac = fac.mT if transposed else fac  # a column-major factor (LAPACK's) read as such
-    args = (
-        _rows(logits, (P, n)),
-        _rows(loc, (P, n, d)),
-        _rows(fac, (P,) + fac.shape[len(batch) :]),
-        _rows(value, (-1, d)),
-    )
-    floor = logits.new_empty(0) if floor is None else floor.to(logits.dtype).contiguous()
-    if _needs_graph(*args):
-        return _KernelLogProb.apply(*args, floor, kind, transposed, shape)
-    out = torch.ops.torchmdn.mixture_forward(*args[:3], floor, args[3], kind, transposed, False)
-    return out[0].view(shape)
-
-
-def _rows(t: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """``t`` as a contiguous tensor of ``shape`` (no copy, no autograd node when it is one)."""
-    if t.dim() != len(shape) or (shape[0] != -1 and t.shape[0] != shape[0]):
-        t = t.reshape(shape)
-    return t.contiguous()
-
-
-def _kernel_reference(kind: int, transposed: bool, P: int, floor: Tensor):
-    """The plain-autograd function of the kernel's inputs (for double backward)."""
-
-    def fn(logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor) -> Tensor:
-        value = value.view(-1, P, value.shape[-1])
-        if kind in (_DIAGONAL, _ISOTROPIC):
-            return _diag_reference(logits, loc, fac, value, kind == _ISOTROPIC)
-        if kind == _PACKED:
-            return _tril_reference(logits, loc, unpack_precision(fac, floor), value)
-        if kind == _PRECISION:
-            return _tril_reference(logits, loc, fac, value)
-        return _scale_tril_reference(logits, loc, fac.mT if transposed else fac, value)
-
-    return fn
-
-
-class _KernelLogProb(torch.autograd.Function):
-    """The compiled forward and backward: value ``[N, d]`` against parameters ``[P, ...]``
-    (row ``i`` uses parameter row ``i % P``), ``log p`` returned in ``shape``."""
-
-    @staticmethod
-    def forward(ctx, logits, loc, fac, value, floor, kind, transposed, shape):
-        out, r, p = torch.ops.torchmdn.mixture_forward(
-            logits, loc, fac, floor, value, kind, transposed, True
-        )
-        ctx.kind, ctx.transposed = kind, transposed
-        ctx.save_for_backward(logits, loc, fac, value, floor, r, p)
-        return out.view(shape)
-
-    @staticmethod
-    def backward(ctx, g):
-        logits, loc, fac, value, floor, r, p = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
-            fn = _kernel_reference(ctx.kind, ctx.transposed, logits.shape[0], floor)
-            return (
-                _reference_grads(fn, (logits, loc, fac, value), g.reshape(-1, logits.shape[0]))
-                + (None,) * 4
-            )
-        grads = torch.ops.torchmdn.mixture_backward(
-            g.reshape(-1), r, p, logits, loc, fac, floor, value, ctx.kind, ctx.transposed
-        )
-        need = ctx.needs_input_grad
-        return (
-            tuple(t if want else None for t, want in zip(grads, need, strict=False)) + (None,) * 4
-        )
 
 
 # ---------------------------------------------------------------- diagonal / isotropic
@@ -294,7 +189,9 @@ def diag_log_prob(
 
     ``value (*S, *B, d)`` broadcasts against the batch shape; all inputs share one dtype.
     """
-    out = _kernel_log_prob(_ISOTROPIC if isotropic else _DIAGONAL, logits, loc, scale, value)
+    out = kernels.log_prob(
+        kernels.ISOTROPIC if isotropic else kernels.DIAGONAL, logits, loc, scale, value
+    )
     if out is not None:
         return out
     if _needs_graph(logits, loc, scale, value):
@@ -362,7 +259,7 @@ def tril_log_prob(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor) -> T
     jitter or floor went into ``A``. ``prec`` must be lower triangular: the compiled kernel
     reads only its lower triangle (and gives a zero gradient above the diagonal).
     """
-    out = _kernel_log_prob(_PRECISION, logits, loc, prec, value)
+    out = kernels.log_prob(kernels.PRECISION, logits, loc, prec, value)
     if out is not None:
         return out
     if _needs_graph(logits, loc, prec, value):
@@ -390,13 +287,45 @@ def unpack_precision(packed: Tensor, floor: Tensor) -> Tensor:
     return flat.index_copy(-1, rows * d + cols, entries).unflatten(-1, (d, d))
 
 
+def head_parameters(
+    out: Tensor, floor: Tensor, kind: int, n: int, d: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``logits (*B, n)``, ``loc (*B, n, d)`` and the scale parameter in an MDN head's output
+    ``out (*B, n + n d + s)``: ``scale = softplus(raw) + floor`` (diagonal ``(*B, n, d)``,
+    ``floor (d,)``; isotropic ``(*B, n)``, ``floor (1,)``) or the packed precision factor
+    ``(*B, n, d(d+1)/2)`` (``kind`` :data:`kernels.PACKED`; see :func:`unpack_precision`).
+    """
+    scales = {kernels.DIAGONAL: n * d, kernels.ISOTROPIC: n}.get(kind, n * d * (d + 1) // 2)
+    # contiguous pieces: elementwise kernels on strided column slices of the output take a
+    # slow path (softplus on a slice of a [1024, 40] output: ~10x slower than on a copy)
+    logits, loc, raw = (t.contiguous() for t in out.split([n, n * d, scales], dim=-1))
+    loc = loc.unflatten(-1, (n, d))
+    if kind == kernels.DIAGONAL:
+        return logits, loc, F.softplus(raw.unflatten(-1, (n, d))) + floor
+    if kind == kernels.ISOTROPIC:
+        return logits, loc, F.softplus(raw) + floor
+    return logits, loc, raw.unflatten(-1, (n, -1))
+
+
+def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) -> Tensor:
+    """``log p(value)`` of the mixture in an MDN head's output (see :func:`head_parameters`):
+    the compiled kernel reads the output itself; elsewhere its pieces take the paths above."""
+    lp = kernels.head_log_prob(out, floor, kind, n, value)
+    if lp is not None:
+        return lp
+    logits, loc, scale = head_parameters(out, floor, kind, n, value.shape[-1])
+    if kind == kernels.PACKED:
+        return packed_log_prob(logits, loc, scale, floor, value)
+    return diag_log_prob(logits, loc, scale, value, kind == kernels.ISOTROPIC)
+
+
 def packed_log_prob(
     logits: Tensor, loc: Tensor, packed: Tensor, floor: Tensor, value: Tensor
 ) -> Tensor:
     """``log p(value)`` of a full-covariance mixture from a head's packed precision factor
     (see :func:`unpack_precision`): the compiled kernel reads the packing itself; elsewhere
     the dense factor goes to :func:`tril_log_prob`."""
-    out = _kernel_log_prob(_PACKED, logits, loc, packed, value, floor)
+    out = kernels.log_prob(kernels.PACKED, logits, loc, packed, value, floor)
     if out is not None:
         return out
     return tril_log_prob(logits, loc, unpack_precision(packed, floor), value)
@@ -505,7 +434,7 @@ def scale_tril_log_prob(logits: Tensor, loc: Tensor, tril: Tensor, value: Tensor
     No inverse is formed: ``L⁻¹(y − μ)`` is one forward substitution, the backward one back
     substitution; entries above the diagonal are ignored (their gradient is zero).
     """
-    out = _kernel_log_prob(_CHOLESKY, logits, loc, tril, value)
+    out = kernels.log_prob(kernels.CHOLESKY, logits, loc, tril, value)
     if out is not None:
         return out
     if _needs_graph(logits, loc, tril, value):

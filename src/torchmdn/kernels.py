@@ -1,5 +1,10 @@
 """The compiled CPU kernel for the mixture log-likelihood: build once, load, call.
 
+Callers are :mod:`torchmdn.fused` (``log_prob``: parameters as tensors) and
+:class:`~torchmdn.GaussianMixture` made by an MDN head (``head_log_prob``: the head's raw
+output); both return ``None`` where the kernel does not apply, and the caller takes its
+tensor-level path.
+
 :mod:`torchmdn.fused` computes the likelihood as a dozen whole-tensor operations; at the
 batch sizes MDNs train with, their fixed cost per operation dominates. ``csrc/mixture.cpp``
 does the same maths in one pass over the rows (vectorised ``exp``/``log`` from ATen), forward
@@ -18,6 +23,7 @@ compiler's message and how to switch the kernel off.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -28,8 +34,9 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-__all__ = ["available", "build", "status"]
+__all__ = ["available", "build", "head_log_prob", "log_prob", "status"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "mixture.cpp"
 _lock = threading.Lock()
@@ -158,3 +165,176 @@ def _load() -> bool:
         return False
     _state["path"] = str(path)
     return True
+
+
+# ---------------------------------------------------------------- calling it
+
+#: ``False`` keeps the tensor-level path even where the kernel could run (tests, benchmarks).
+_USE_KERNEL = True
+#: the kernel's kinds of covariance parameter (csrc/mixture.cpp ``Kind``)
+DIAGONAL, ISOTROPIC, PRECISION, CHOLESKY, PACKED = range(5)
+
+
+def _ready(t: Tensor) -> bool:
+    """Whether the kernel may run on ``t``'s device and dtype, here and now."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False  # torch.compile and tracing see the tensor-level path
+    if not _USE_KERNEL or t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return False
+    return available()
+
+
+def _value_rows(value: Tensor, batch: torch.Size, d: int) -> tuple[Tensor, torch.Size] | None:
+    """``value`` as rows ``[N, d]`` against the parameter rows (row ``i`` uses parameter row
+    ``i % P``) and the shape of the result; ``None`` unless it broadcasts to ``(*S, *B, d)``."""
+    if value.shape[-1:] != (d,):
+        return None
+    shape = value.shape[:-1]
+    if shape[len(shape) - len(batch) :] != batch:
+        try:
+            shape = torch.broadcast_shapes(shape, batch)
+        except RuntimeError:
+            return None
+        if shape[len(shape) - len(batch) :] != batch:
+            return None
+        value = value.expand(shape + (d,))
+    return _rows(value, (-1, d)), shape
+
+
+def _rows(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``t`` as a contiguous tensor of ``shape`` (no copy, no autograd node when it is one)."""
+    if t.dim() != len(shape) or (shape[0] != -1 and t.shape[0] != shape[0]):
+        t = t.reshape(shape)
+    return t.contiguous()
+
+
+def log_prob(
+    kind: int, logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor, floor: Tensor | None = None
+) -> Tensor | None:
+    """``log p(value)`` of a mixture by the kernel, or ``None`` where it does not apply.
+
+    It applies on the CPU in float32/float64 when the parameters share one batch shape ``B``
+    (no broadcasting among them) and ``value`` broadcasts to ``(*S, *B, d)``. ``fac`` is the
+    covariance parameter of ``kind`` (see :mod:`torchmdn.fused` for the maths); ``floor``
+    only for ``PACKED``.
+    """
+    if not _ready(logits):
+        return None
+    batch, (n, d) = logits.shape[:-1], loc.shape[-2:]
+    tail = {DIAGONAL: (n, d), ISOTROPIC: (n,), PACKED: (n, d * (d + 1) // 2)}.get(kind, (n, d, d))
+    rows = _value_rows(value, batch, d)
+    if loc.shape != batch + (n, d) or fac.shape != batch + tail or rows is None:
+        return None
+    value, shape = rows
+    P = math.prod(batch)
+    transposed = kind == CHOLESKY and not fac.is_contiguous() and fac.mT.is_contiguous()
+    fac = fac.mT if transposed else fac  # a column-major factor (LAPACK's) read as such
+    args = (_rows(logits, (P, n)), _rows(loc, (P, n, d)), _rows(fac, (P,) + tail))
+    floor = logits.new_empty(0) if floor is None else floor.to(logits.dtype).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*args, value)):
+        return _LogProb.apply(*args, value, floor, kind, transposed, shape)
+    out = torch.ops.torchmdn.mixture_forward(*args, floor, value, kind, transposed, False)
+    return out[0].view(shape)
+
+
+def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) -> Tensor | None:
+    """``log p(value)`` straight from an MDN head's output ``(*B, n + n d + scales)`` (see
+    :func:`torchmdn.fused.head_parameters`), or ``None`` where the kernel does not apply:
+    no split, copies or softplus as separate operations, one gradient for the whole output."""
+    if not _ready(out):
+        return None
+    d = value.shape[-1]
+    rows = _value_rows(value, out.shape[:-1], d)
+    if rows is None:
+        return None
+    value, shape = rows
+    args = (_rows(out, (math.prod(out.shape[:-1]), out.shape[-1])), value)
+    floor = floor.to(out.dtype).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        return _HeadLogProb.apply(*args, floor, kind, n, shape)
+    return torch.ops.torchmdn.head_forward(*args[:1], floor, value, kind, n, False)[0].view(shape)
+
+
+def _reference(kind: int, transposed: bool, P: int, floor: Tensor):
+    """The plain-autograd function of the kernel's inputs (for double backward)."""
+    from . import fused
+
+    def fn(logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor) -> Tensor:
+        value = value.view(-1, P, value.shape[-1])
+        if kind in (DIAGONAL, ISOTROPIC):
+            return fused._diag_reference(logits, loc, fac, value, kind == ISOTROPIC)
+        if kind == PACKED:
+            return fused._tril_reference(logits, loc, fused.unpack_precision(fac, floor), value)
+        if kind == PRECISION:
+            return fused._tril_reference(logits, loc, fac, value)
+        return fused._scale_tril_reference(logits, loc, fac.mT if transposed else fac, value)
+
+    return fn
+
+
+def _head_reference(kind: int, n: int, floor: Tensor):
+    """The plain-autograd function of a head's output and the values (for double backward)."""
+    from . import fused
+
+    def fn(out: Tensor, value: Tensor) -> Tensor:
+        d = value.shape[-1]
+        logits, loc, scale = fused.head_parameters(out, floor, kind, n, d)
+        return _reference(kind, False, out.shape[0], floor)(logits, loc, scale, value)
+
+    return fn
+
+
+class _LogProb(torch.autograd.Function):
+    """Value rows ``[N, d]`` against parameter rows ``[P, ...]`` (row ``i`` uses parameter
+    row ``i % P``); ``log p`` returned in ``shape``."""
+
+    @staticmethod
+    def forward(ctx, logits, loc, fac, value, floor, kind, transposed, shape):
+        out, r, p = torch.ops.torchmdn.mixture_forward(
+            logits, loc, fac, floor, value, kind, transposed, True
+        )
+        ctx.kind, ctx.transposed = kind, transposed
+        ctx.save_for_backward(logits, loc, fac, value, floor, r, p)
+        return out.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, loc, fac, value, floor, r, p = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
+            from .fused import _reference_grads
+
+            fn = _reference(ctx.kind, ctx.transposed, logits.shape[0], floor)
+            inputs = (logits, loc, fac, value)
+            return _reference_grads(fn, inputs, g.reshape(-1, logits.shape[0])) + (None,) * 4
+        grads = torch.ops.torchmdn.mixture_backward(
+            g.reshape(-1), r, p, logits, loc, fac, floor, value, ctx.kind, ctx.transposed
+        )
+        return _wanted(ctx, grads) + (None,) * 4
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """A head's output rows ``[P, F]`` and value rows ``[N, d]``; ``log p`` in ``shape``."""
+
+    @staticmethod
+    def forward(ctx, out, value, floor, kind, n, shape):
+        lp, r, p = torch.ops.torchmdn.head_forward(out, floor, value, kind, n, True)
+        ctx.kind, ctx.n = kind, n
+        ctx.save_for_backward(out, value, floor, r, p)
+        return lp.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        out, value, floor, r, p = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
+            from .fused import _reference_grads
+
+            fn = _head_reference(ctx.kind, ctx.n, floor)
+            return _reference_grads(fn, (out, value), g.reshape(-1, out.shape[0])) + (None,) * 4
+        grads = torch.ops.torchmdn.head_backward(
+            g.reshape(-1), r, p, out, floor, value, ctx.kind, ctx.n
+        )
+        return _wanted(ctx, grads) + (None,) * 4
+
+
+def _wanted(ctx, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+    return tuple(t if want else None for t, want in zip(grads, ctx.needs_input_grad, strict=False))

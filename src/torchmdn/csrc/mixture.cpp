@@ -130,6 +130,7 @@ T rowsum(const T* x, int64_t n) {
 // One call's shapes, its factor layout F(i, j) = F[i * rs + j * cs], and its tiling.
 struct Plan {
   int64_t kind, N, P, n, d, rs, cs;
+  int64_t ld = 0;  // > 0: the parameters are rows of an MDN head's output (see gather_head)
   int64_t reps() const { return P ? N / P : 0; }
   int64_t tri() const { return d * (d + 1) / 2; }
   // scale entries per parameter row
@@ -137,7 +138,7 @@ struct Plan {
     return kind == kDiagonal ? n * d : kind == kIsotropic ? n : kind == kPacked ? n * tri() : n * d * d;
   }
   // the dense row-major precision factor a packed one is unpacked into
-  Plan dense() const { return Plan{kPrecision, N, P, n, d, d, 1}; }
+  Plan dense() const { return Plan{kPrecision, N, P, n, d, d, 1, 0}; }
   int64_t tile_rows() const { return std::max<int64_t>(1, kTile / (n * d)); }
   int64_t work() const { return n * (kind >= kPrecision ? d * (d + 1) : d + 1); }
   int64_t tiles_per_task() const {
@@ -149,12 +150,18 @@ struct Plan {
 template <typename T>
 struct Scratch {
   std::vector<T> a, b, c, v1, v2, v3, fac, dfac, x, f;
+  std::vector<T> hl, hm, hs, hr, fp, gl, gm, gs;  // a tile of head rows and its gradient
   explicit Scratch(const Plan& pl) {
-    const int64_t E = pl.tile_rows() * pl.n * pl.d, C = pl.tile_rows() * pl.n;
+    const int64_t R = pl.tile_rows(), E = R * pl.n * pl.d, C = R * pl.n;
     a.resize(E), b.resize(E), c.resize(C);
     v1.resize(pl.d), v2.resize(pl.d), v3.resize(pl.d);
     if (pl.kind == kPacked) {  // a tile of dense factors and its gradient; diagonals
       fac.resize(E * pl.d), dfac.resize(E * pl.d), x.resize(E), f.resize(E);
+    }
+    if (pl.ld) {
+      const int64_t S = R * pl.per_row();
+      hl.resize(C), hm.resize(E), hs.resize(S), hr.resize(S), fp.resize(S);
+      gl.resize(C), gm.resize(E), gs.resize(S);
     }
   }
 };
@@ -372,6 +379,58 @@ void pack_grad(int64_t C, int64_t d, Scratch<T>& s, T* dpacked) {
   }
 }
 
+// ---------------------------------------------------------------- MDN head output
+
+// An MDN head's output rows [P, ld] hold logits (n), means (n d) and raw scales: diagonal
+// n d or isotropic n entries with σ = softplus(raw) + floor, or a packed precision factor.
+// gather_head copies one tile of rows into contiguous parameters (s.hl, s.hm, s.hs; the raw
+// scales kept in s.hr) so the code above runs unchanged; scatter_head writes the tile's
+// gradients (s.gl, s.gm, s.gs, the last with respect to σ or the packed entries) back into
+// the gradient of the output rows.
+template <typename T>
+void gather_head(const Plan& pl, const T* out, const T* floor, int64_t rows, Scratch<T>& s) {
+  const int64_t n = pl.n, nd = pl.n * pl.d, sc = pl.per_row(), E = rows * sc;
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* row = out + b * pl.ld;
+    std::copy(row, row + n, s.hl.data() + b * n);
+    std::copy(row + n, row + n + nd, s.hm.data() + b * nd);
+    std::copy(row + n + nd, row + n + nd + sc, s.hr.data() + b * sc);
+  }
+  if (pl.kind == kPacked) {
+    std::copy(s.hr.data(), s.hr.data() + E, s.hs.data());
+    return;
+  }
+  T* fp = s.fp.data();
+  for (int64_t t = 0; t < E; ++t) fp[t] = floor[pl.kind == kDiagonal ? t % pl.d : 0];
+  const Vec<T> threshold(T(20));
+  for (int64_t t = 0, W = Vec<T>::size(); t < E; t += W) {  // softplus as torch's
+    const int64_t c = std::min(W, E - t);
+    const Vec<T> x = load(s.hr.data() + t, c);
+    const Vec<T> sp = Vec<T>::blendv(x.exp().log1p(), x, x > threshold);
+    store(sp + load(fp + t, c), s.hs.data() + t, c);
+  }
+}
+
+template <typename T>
+void scatter_head(const Plan& pl, int64_t rows, Scratch<T>& s, T* dout) {
+  const int64_t n = pl.n, nd = pl.n * pl.d, sc = pl.per_row(), E = rows * sc;
+  if (pl.kind != kPacked) {  // ∂σ/∂raw = sigmoid(raw) (1 above 20, as softplus' slope)
+    const Vec<T> threshold(T(20)), one(T(1)), zero(T(0));
+    for (int64_t t = 0, W = Vec<T>::size(); t < E; t += W) {
+      const int64_t c = std::min(W, E - t);
+      const Vec<T> x = load(s.hr.data() + t, c);
+      const Vec<T> slope = Vec<T>::blendv(one / (one + (zero - x).exp()), one, x > threshold);
+      store(load(s.gs.data() + t, c) * slope, s.gs.data() + t, c);
+    }
+  }
+  for (int64_t b = 0; b < rows; ++b) {
+    T* row = dout + b * pl.ld;
+    std::copy(s.gl.data() + b * n, s.gl.data() + (b + 1) * n, row);
+    std::copy(s.gm.data() + b * nd, s.gm.data() + (b + 1) * nd, row + n);
+    std::copy(s.gs.data() + b * sc, s.gs.data() + (b + 1) * sc, row + n + nd);
+  }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename T>
@@ -388,8 +447,13 @@ void forward_impl(const Plan& pl, const T* logits, const T* loc, const T* scale,
       const int64_t rep = t / qtiles, q0 = (t % qtiles) * R, rows = std::min(R, pl.P - q0);
       const int64_t i0 = rep * pl.P + q0;
       const T* Y = y + i0 * d;
-      const T* M = loc + q0 * n * d;
-      const T* S = scale + q0 * sc;
+      const T *L, *M, *S;
+      if (pl.ld) {  // logits points at the head's output rows
+        gather_head(pl, logits + q0 * pl.ld, floor, rows, s);
+        L = s.hl.data(), M = s.hm.data(), S = s.hs.data();
+      } else {
+        L = logits + q0 * n, M = loc + q0 * n * d, S = scale + q0 * sc;
+      }
       T* a = s.c.data();
       if (pl.kind == kDiagonal)
         with_dims(d, [&](auto D) { diag_density<decltype(D)::value>(Y, M, S, rows, n, d, a, s.a.data()); });
@@ -400,7 +464,7 @@ void forward_impl(const Plan& pl, const T* logits, const T* loc, const T* scale,
         factor_density(pl.dense(), Y, M, s.fac.data(), rows, a, s.a.data(), s);
       } else
         factor_density(pl, Y, M, S, rows, a, s.a.data(), s);
-      mix(logits + q0 * n, a, s.b.data(), rows, n, shift, out + i0, r ? r + i0 : nullptr, pl.N,
+      mix(L, a, s.b.data(), rows, n, shift, out + i0, r ? r + i0 : nullptr, pl.N,
           p && rep == 0 ? p + q0 : nullptr, pl.P);
     }
   });
@@ -524,10 +588,18 @@ void backward_impl(const Plan& pl, const T* g, const T* r, const T* p, const T* 
     Scratch<T> s(pl);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t q0 = t * R, rows = std::min(R, pl.P - q0);
-      std::fill(dl + q0 * n, dl + (q0 + rows) * n, T(0));
-      std::fill(dloc + q0 * n * d, dloc + (q0 + rows) * n * d, T(0));
-      const T* S = scale + q0 * sc;
-      T* dS = dscale + q0 * sc;
+      const T *M, *S;
+      T *dL, *dM, *dS;
+      if (pl.ld) {  // loc points at the head's output rows, dl at their gradient
+        gather_head(pl, loc + q0 * pl.ld, floor, rows, s);
+        M = s.hm.data(), S = s.hs.data(), dL = s.gl.data(), dM = s.gm.data(), dS = s.gs.data();
+      } else {
+        M = loc + q0 * n * d, S = scale + q0 * sc;
+        dL = dl + q0 * n, dM = dloc + q0 * n * d, dS = dscale + q0 * sc;
+      }
+      std::fill(dL, dL + rows * n, T(0));
+      std::fill(dM, dM + rows * n * d, T(0));
+      T* dP = dS;  // where the packed gradient goes
       if (packed) {  // work on the dense factors; pack their gradient at the end
         unpack(S, floor, rows * n, d, s);
         S = s.fac.data();
@@ -538,10 +610,11 @@ void backward_impl(const Plan& pl, const T* g, const T* r, const T* p, const T* 
       }
       for (int64_t rep = 0; rep < pl.reps(); ++rep) {
         const int64_t i0 = rep * pl.P + q0;
-        backward_tile(packed ? pl.dense() : pl, g + i0, r + i0, p + q0, loc + q0 * n * d, S,
-                      y + i0 * d, rows, dl + q0 * n, dloc + q0 * n * d, dS, dy + i0 * d, s);
+        backward_tile(packed ? pl.dense() : pl, g + i0, r + i0, p + q0, M, S, y + i0 * d, rows,
+                      dL, dM, dS, dy + i0 * d, s);
       }
-      if (packed) pack_grad(rows * n, d, s, dscale + q0 * sc);
+      if (packed) pack_grad(rows * n, d, s, dP);
+      if (pl.ld) scatter_head(pl, rows, s, dl + q0 * pl.ld);
     }
   });
 }
@@ -568,6 +641,61 @@ Plan plan(const Tensor& logits, const Tensor& loc, const Tensor& scale, const Te
   TORCH_CHECK(floor.numel() == (kind == kPacked ? pl.d : 0),
               "torchmdn kernel: floor must have d entries (packed factors) or none");
   return pl;
+}
+
+// An MDN head's output [P, n + n d + scales] (see gather_head) as the parameters.
+Plan plan_head(const Tensor& out, const Tensor& floor, const Tensor& value, int64_t kind,
+               int64_t n) {
+  TORCH_CHECK(kind == kDiagonal || kind == kIsotropic || kind == kPacked,
+              "torchmdn kernel: a head emits diagonal, isotropic or packed factors");
+  for (const Tensor* t : {&out, &floor, &value}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == value.scalar_type(),
+                "torchmdn kernel: expects contiguous CPU tensors of one dtype");
+  }
+  TORCH_CHECK(out.dim() == 2 && value.dim() == 2 && n > 0, "torchmdn kernel: expects out [P, F], value [N, d]");
+  Plan pl{kind, value.size(0), out.size(0), n, value.size(1), value.size(1), 1, out.size(1)};
+  TORCH_CHECK(pl.d > 0 && pl.ld == n + n * pl.d + pl.per_row() &&
+                  (pl.P == 0 ? pl.N == 0 : pl.N % pl.P == 0),
+              "torchmdn kernel: inconsistent head output shape");
+  TORCH_CHECK(floor.numel() == (kind == kIsotropic ? 1 : pl.d),
+              "torchmdn kernel: floor must have d entries (1 for isotropic)");
+  return pl;
+}
+
+std::tuple<Tensor, Tensor, Tensor> head_forward(const Tensor& out, const Tensor& floor,
+                                                const Tensor& value, int64_t kind, int64_t n,
+                                                bool save) {
+  const Plan pl = plan_head(out, floor, value, kind, n);
+  Tensor lp = at::empty({pl.N}, value.options());
+  Tensor r = at::empty({pl.n, save ? pl.N : 0}, value.options());  // component-major
+  Tensor p = at::empty({pl.n, save ? pl.P : 0}, value.options());
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_head_forward", [&] {
+    forward_impl<scalar_t>(pl, out.const_data_ptr<scalar_t>(), nullptr, nullptr,
+                           floor.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+                           lp.mutable_data_ptr<scalar_t>(),
+                           save ? r.mutable_data_ptr<scalar_t>() : nullptr,
+                           save ? p.mutable_data_ptr<scalar_t>() : nullptr);
+  });
+  return {lp, r, p};
+}
+
+std::tuple<Tensor, Tensor> head_backward(const Tensor& grad, const Tensor& r, const Tensor& p,
+                                         const Tensor& out, const Tensor& floor,
+                                         const Tensor& value, int64_t kind, int64_t n) {
+  const Plan pl = plan_head(out, floor, value, kind, n);
+  const Tensor g = grad.contiguous();
+  TORCH_CHECK(g.numel() == pl.N && r.numel() == pl.N * pl.n && p.numel() == pl.P * pl.n &&
+                  r.is_contiguous() && p.is_contiguous(),
+              "torchmdn kernel: saved tensors have the wrong shape");
+  Tensor dout = at::empty_like(out), dy = at::empty_like(value);
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_head_backward", [&] {
+    backward_impl<scalar_t>(pl, g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
+                            p.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(), nullptr,
+                            floor.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+                            dout.mutable_data_ptr<scalar_t>(), nullptr, nullptr,
+                            dy.mutable_data_ptr<scalar_t>());
+  });
+  return {dout, dy};
 }
 
 std::tuple<Tensor, Tensor, Tensor> mixture_forward(const Tensor& logits, const Tensor& loc,
@@ -620,9 +748,15 @@ TORCH_LIBRARY(torchmdn, m) {
   m.def("mixture_backward(Tensor g, Tensor r, Tensor p, Tensor logits, Tensor loc, "
         "Tensor scale, Tensor floor, Tensor value, int kind, bool transposed) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("head_forward(Tensor out, Tensor floor, Tensor value, int kind, int n, bool save) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("head_backward(Tensor g, Tensor r, Tensor p, Tensor out, Tensor floor, Tensor value, "
+        "int kind, int n) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(torchmdn, CPU, m) {
   m.impl("mixture_forward", &mixture_forward);
   m.impl("mixture_backward", &mixture_backward);
+  m.impl("head_forward", &head_forward);
+  m.impl("head_backward", &head_backward);
 }
