@@ -29,7 +29,7 @@ from torch.distributions import (
 )
 
 import torchmdn.distributions as tdist
-from torchmdn import GaussianMixture
+from torchmdn import GaussianMixture, kernels
 from torchmdn.nn import MLP, MDNHead
 
 NV = dict(validate_args=False)
@@ -45,6 +45,28 @@ def td_full(logits, loc, tril):
     return MixtureSameFamily(
         Categorical(logits=logits, **NV), MultivariateNormal(loc, scale_tril=tril, **NV), **NV
     )
+
+
+class tensor_path:
+    """Context: the fused Functions' tensor-level code, without the compiled kernel (what runs
+    where no C++ compiler is found)."""
+
+    def __enter__(self):
+        kernels._USE_KERNEL = False
+
+    def __exit__(self, *exc):
+        kernels._USE_KERNEL = True
+
+
+NO_KERNEL = "torchmdn (fused, tensor-level: no kernel)"
+
+
+def without_kernel(fn):
+    def run():
+        with tensor_path():
+            return fn()
+
+    return run
 
 
 class reference_path:
@@ -138,6 +160,7 @@ def diag_cases(B: int, K: int, D: int, gen):
     fns = {
         "torch.distributions": lambda: td_diag(logits, loc, scale).log_prob(y),
         "torchmdn (fused)": ours,
+        NO_KERNEL: without_kernel(ours),
         "torchmdn (reference autograd)": ref,
     }
     return {k: step(f, params) for k, f in fns.items()}, fns
@@ -161,6 +184,7 @@ def full_user_cases(B: int, K: int, D: int, gen):
     fns = {
         "torch.distributions": lambda: td_full(logits, loc, tril).log_prob(y),
         "torchmdn (fused)": ours,
+        NO_KERNEL: without_kernel(ours),
         "torchmdn (reference autograd)": ref,
     }
     return {k: step(f, params) for k, f in fns.items()}, fns
@@ -193,6 +217,7 @@ def full_head_cases(B: int, K: int, D: int, gen, features: int = 64):
     fns = {
         "torch.distributions": td,
         "torchmdn (fused)": ours,
+        NO_KERNEL: without_kernel(ours),
         "torchmdn (reference autograd)": ref,
     }
     return {k: step(f, params) for k, f in fns.items()}, fns
@@ -218,8 +243,13 @@ def training_cases(B: int = 1024, K: int = 8, D: int = 2, gen=None):
         return go
 
     mse = make(lambda w: nn.Linear(w, D))
+    # an MSE head with as many outputs as the MDN head: the cost of the wider last layer alone
+    width = K + 2 * K * D
+    wide = make(lambda w: nn.Linear(w, width))
+    y_wide = torch.randn(B, width, generator=gen)
     mdn = make(lambda w: MDNHead(w, D, K))
     mdn_ref = make(lambda w: MDNHead(w, D, K))
+    mdn_tensor = make(lambda w: MDNHead(w, D, K))
     tdh = make(lambda w: nn.Linear(w, K + 2 * K * D))
 
     def td_loss(out):
@@ -233,8 +263,14 @@ def training_cases(B: int = 1024, K: int = 8, D: int = 2, gen=None):
 
     return {
         "MSE head (the 1.00)": run(*mse, lambda out: F.mse_loss(out, y)),
+        f"MSE head with {width} outputs (as wide as the MDN head)": run(
+            *wide, lambda out: F.mse_loss(out, y_wide)
+        ),
         "torch.distributions head": run(*tdh, td_loss),
         "torchmdn MDNHead (fused)": run(*mdn, lambda gm: -gm.log_prob(y).mean()),
+        "torchmdn MDNHead (fused, tensor-level: no kernel)": without_kernel(
+            run(*mdn_tensor, lambda gm: -gm.log_prob(y).mean())
+        ),
         "torchmdn MDNHead (reference autograd)": run(*mdn_ref, ref_loss),
     }
 
@@ -277,6 +313,7 @@ def main() -> None:
         f"float32, eager; {reps} interleaved repeats, medians"
     )
     print("peers: " + "; ".join(peers()))
+    print(kernels.status())
     rows: list[str] = []
     mem: list[str] = []
 
@@ -328,8 +365,8 @@ def main() -> None:
         )
 
     print("\n### memory kept for the backward pass (MiB of saved tensors; B=4096)")
-    print("| case | torch.distributions | torchmdn (fused) | torchmdn (reference) |")
-    print("|---|---|---|---|")
+    print("| case | torch.distributions | torchmdn (fused) | no kernel | torchmdn (reference) |")
+    print("|---|---|---|---|---|")
     print("\n".join(mem))
 
 
