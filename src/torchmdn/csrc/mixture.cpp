@@ -3,19 +3,22 @@
 // The maths is that of torchmdn/fused.py (see its docstring); this file computes the same
 // quantities tile by tile instead of as a dozen whole-tensor operations, so the
 // per-operation overhead that bounds the mixture loss at training batch sizes disappears.
-// exp and log run over flat tile buffers with ATen's vectorised math (SLEEF, linked from
-// libtorch_cpu); the rest is plain loops.
+// Per tile the component densities are laid out component-major, so the log-sum-exp over
+// components runs with rows in the vector lanes; exp and log are vectorised (ATen's
+// Vectorized, SLEEF from libtorch_cpu, and two faster float versions below).
 //
-// Layout (checked by torchmdn/kernels.py before calling): value [N, d]; logits [P, n];
-// loc [P, n, d]; scale [P, n, d] (diagonal), [P, n] (isotropic) or a lower-triangular
-// factor [P, n, d, d] (full: precision factor A with Σ⁻¹ = AᵀA, or Cholesky factor L with
-// Σ = LLᵀ, row-major or, with `transposed`, column-major); all contiguous, one dtype, N a
-// multiple of P: value row i uses the parameters of row i % P (a leading sample shape
-// broadcast against the batch). Forward returns log p [N], the responsibilities r [N, n]
-// and the weights softmax(logits) [P, n] (all the backward needs besides the inputs);
-// backward returns the gradients of logits, loc, the scale/factor (zero above the
-// diagonal) and value. Parameter gradients accumulate over the value rows that share them,
-// so the backward splits work over parameter rows: no two threads write the same entry.
+// mixture_forward/backward (checked by torchmdn/kernels.py before calling): value [N, d];
+// logits [P, n]; loc [P, n, d]; scale [P, n, d] (diagonal), [P, n] (isotropic), a
+// lower-triangular factor [P, n, d, d] (precision factor A with Σ⁻¹ = AᵀA, or Cholesky
+// factor L with Σ = LLᵀ, row-major or, with `transposed`, column-major) or a packed precision
+// factor [P, n, d(d+1)/2] (kPacked, with floor [d]); all contiguous, one dtype, N a multiple
+// of P: value row i uses the parameters of row i % P (a leading sample shape broadcast
+// against the batch). head_forward/backward take an MDN head's output rows [P, F] instead
+// (gather_head). Forward returns log p [N], the responsibilities r and the weights
+// softmax(logits) (component-major [n, N] and [n, P]: all the backward needs besides the
+// inputs); backward returns the gradients of the inputs (zero above a factor's diagonal).
+// Parameter gradients accumulate over the value rows that share them, so the backward splits
+// work over parameter rows: no two threads write the same entry.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -503,7 +506,7 @@ template <typename T>
 void backward_tile(const Plan& pl, const T* g, const T* r, const T* p, const T* loc,
                    const T* scale, const T* y, int64_t rows, T* dl, T* dloc, T* dscale, T* dy,
                    Scratch<T>& s) {
-  const int64_t n = pl.n, d = pl.d, W = Vec<T>::size();
+  const int64_t n = pl.n, d = pl.d;
   T* gr = s.c.data();  // g r, row-major [rows, n]
   for (int64_t k = 0; k < n; ++k)
     for (int64_t b = 0; b < rows; ++b) {
