@@ -42,7 +42,7 @@ template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
 constexpr int64_t kTile = 2048;    // elements per tile buffer
-constexpr int64_t kGrain = 32768;  // elements of work per task (ATen's own grain size)
+constexpr int64_t kGrain = 16384;  // work per task: half ATen's grain (our elements cost more)
 
 // kPacked: the precision factor as an MDN head emits it, its lower triangle packed row by
 // row, [P, n, d(d+1)/2], with raw diagonal entries x: A_jj = 1 / (softplus(x) + floor_j)
@@ -154,6 +154,7 @@ template <typename T>
 struct Scratch {
   std::vector<T> a, b, c, v1, v2, v3, fac, dfac, x, f;
   std::vector<T> hl, hm, hs, hr, fp, gl, gm, gs;  // a tile of head rows and its gradient
+  int64_t fp_rows = 0;                            // rows of fp filled
   explicit Scratch(const Plan& pl) {
     const int64_t R = pl.tile_rows(), E = R * pl.n * pl.d, C = R * pl.n;
     a.resize(E), b.resize(E), c.resize(C);
@@ -323,6 +324,23 @@ void factor_density(const Plan& pl, const T* y, const T* loc, const T* fac, int6
     }
 }
 
+// softplus as torch's (x itself above 20) and its slope, sigmoid (1 above 20). For x <= 20:
+// max(x, 0) + log1p(exp(−|x|)), with log1p(t) = log(u) t / (u − 1), u = 1 + t (exact to a few
+// ulp for t in (0, 1], t itself where u rounds to 1).
+template <typename T>
+Vec<T> softplus(const Vec<T>& x) {
+  const Vec<T> zero(T(0)), one(T(1));
+  const Vec<T> t = fast_exp(zero - x.abs()), u = one + t, du = u - one;
+  const Vec<T> l1p = Vec<T>::blendv(fast_log(u) * t / du, t, du == zero);
+  return Vec<T>::blendv(at::vec::maximum(x, zero) + l1p, x, x > Vec<T>(T(20)));
+}
+
+template <typename T>
+Vec<T> sigmoid(const Vec<T>& x) {
+  const Vec<T> one(T(1));
+  return Vec<T>::blendv(one / (one + fast_exp(Vec<T>(T(0)) - x)), one, x > Vec<T>(T(20)));
+}
+
 // ---------------------------------------------------------------- packed precision factor
 
 // C packed factors [C, d(d+1)/2] into dense row-major ones [C, d, d]; the raw diagonal
@@ -338,12 +356,10 @@ void unpack(const T* packed, const T* floor, int64_t C, int64_t d, Scratch<T>& s
       x[e * d + i] = packed[e * tri + i * (i + 3) / 2];
       f[e * d + i] = floor[i];
     }
-  const Vec<T> threshold(T(20)), one(T(1));
+  const Vec<T> one(T(1));
   for (int64_t t = 0; t < E; t += W) {  // f <- 1 / (softplus(x) + floor)
     const int64_t c = std::min(W, E - t);
-    const Vec<T> v = load(x + t, c);
-    const Vec<T> sp = Vec<T>::blendv(v.exp().log1p(), v, v > threshold);
-    store(one / (sp + load(f + t, c)), f + t, c);
+    store(one / (softplus(load(x + t, c)) + load(f + t, c)), f + t, c);
   }
   T* F = s.fac.data();
   std::fill(F, F + C * d * d, T(0));
@@ -365,11 +381,9 @@ void pack_grad(int64_t C, int64_t d, Scratch<T>& s, T* dpacked) {
   const T* dF = s.dfac.data();
   T* x = s.x.data();
   const T* f = s.f.data();
-  const Vec<T> threshold(T(20)), one(T(1)), zero(T(0));
-  for (int64_t t = 0; t < E; t += W) {  // x <- sigmoid(x) (1 above 20, as softplus' slope)
+  for (int64_t t = 0; t < E; t += W) {  // x <- softplus'(x)
     const int64_t c = std::min(W, E - t);
-    const Vec<T> v = load(x + t, c);
-    store(Vec<T>::blendv(one / (one + (zero - v).exp()), one, v > threshold), x + t, c);
+    store(sigmoid(load(x + t, c)), x + t, c);
   }
   for (int64_t e = 0; e < C; ++e) {
     const T* src = dF + e * d * d;
@@ -404,26 +418,25 @@ void gather_head(const Plan& pl, const T* out, const T* floor, int64_t rows, Scr
     return;
   }
   T* fp = s.fp.data();
-  for (int64_t t = 0; t < E; ++t) fp[t] = floor[pl.kind == kDiagonal ? t % pl.d : 0];
-  const Vec<T> threshold(T(20));
-  for (int64_t t = 0, W = Vec<T>::size(); t < E; t += W) {  // softplus as torch's
+  if (s.fp_rows < rows) {  // the floor of every scale entry, the same for every tile
+    const int64_t per = pl.kind == kDiagonal ? pl.d : 1;
+    for (int64_t t = 0; t < E; t += per)
+      for (int64_t j = 0; j < per; ++j) fp[t + j] = floor[j];
+    s.fp_rows = rows;
+  }
+  for (int64_t t = 0, W = Vec<T>::size(); t < E; t += W) {
     const int64_t c = std::min(W, E - t);
-    const Vec<T> x = load(s.hr.data() + t, c);
-    const Vec<T> sp = Vec<T>::blendv(x.exp().log1p(), x, x > threshold);
-    store(sp + load(fp + t, c), s.hs.data() + t, c);
+    store(softplus(load(s.hr.data() + t, c)) + load(fp + t, c), s.hs.data() + t, c);
   }
 }
 
 template <typename T>
 void scatter_head(const Plan& pl, int64_t rows, Scratch<T>& s, T* dout) {
   const int64_t n = pl.n, nd = pl.n * pl.d, sc = pl.per_row(), E = rows * sc;
-  if (pl.kind != kPacked) {  // ∂σ/∂raw = sigmoid(raw) (1 above 20, as softplus' slope)
-    const Vec<T> threshold(T(20)), one(T(1)), zero(T(0));
+  if (pl.kind != kPacked) {  // ∂σ/∂raw = softplus'(raw)
     for (int64_t t = 0, W = Vec<T>::size(); t < E; t += W) {
       const int64_t c = std::min(W, E - t);
-      const Vec<T> x = load(s.hr.data() + t, c);
-      const Vec<T> slope = Vec<T>::blendv(one / (one + (zero - x).exp()), one, x > threshold);
-      store(load(s.gs.data() + t, c) * slope, s.gs.data() + t, c);
+      store(load(s.gs.data() + t, c) * sigmoid(load(s.hr.data() + t, c)), s.gs.data() + t, c);
     }
   }
   for (int64_t b = 0; b < rows; ++b) {
