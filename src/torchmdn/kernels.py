@@ -23,6 +23,7 @@ compiler's message and how to switch the kernel off.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import shutil
@@ -39,6 +40,7 @@ from torch import Tensor
 __all__ = ["available", "build", "head_log_prob", "log_prob", "status"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "mixture.cpp"
+_log = logging.getLogger("torchmdn")
 _lock = threading.Lock()
 _state: dict[str, object] = {"loaded": None, "reason": None}
 
@@ -111,12 +113,19 @@ def build(force: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        run = subprocess.run(
-            [compiler, str(_SOURCE), "-o", tmp, *_flags()],
-            capture_output=True,
-            text=True,
-            check=False,
+        _log.info(
+            "torchmdn: compiling the CPU likelihood kernel once (a few seconds) into %s", path
         )
+        try:
+            run = subprocess.run(
+                [compiler, str(_SOURCE), "-o", tmp, *_flags()],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise RuntimeError(f"{compiler} could not run: {err}") from err
         if run.returncode != 0:
             tail = "\n".join(run.stderr.strip().splitlines()[-15:])
             raise RuntimeError(f"{compiler} failed (exit {run.returncode}):\n{tail}")
