@@ -155,6 +155,24 @@ def test_non_finite_loss_stops_with_a_clear_error_and_restores_the_model():
         (torch.zeros(3, 2), torch.zeros(3, 1), {"validation_fraction": 0.1}, "empty"),
         (torch.randn(10, 2), torch.ones(10, 1), {}, "constant"),
         (torch.randn(10, 3), torch.randn(10, 1), {}, r"\(\.\.\., 2\)"),
+        (
+            torch.randn(10, 2),
+            torch.randn(10, 1),
+            {"validation_data": (torch.randn(5, 2), torch.randn(4, 1))},
+            "validation x and y must have the same number of rows",
+        ),
+        (
+            torch.randn(10, 2),
+            torch.randn(10, 1),
+            {"validation_data": (torch.randn(5, 3), torch.randn(5, 1))},
+            "validation x has 3 columns but the training x has 2",
+        ),
+        (
+            torch.randn(10, 2),
+            torch.randn(10, 1),
+            {"validation_data": torch.randn(5, 3)},
+            r"validation_data must be a pair \(x_val, y_val\); got Tensor of length 5",
+        ),
     ],
 )
 def test_bad_input_raises_clear_errors(x, y, kwargs, match):

@@ -253,6 +253,33 @@ def _check_data(x: Any, y: Any, dtype: torch.dtype, device: torch.device) -> tup
     return x, y
 
 
+def _check_validation(
+    validation_data: Any, x: Any, y: Any, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """``validation_data`` as ``(x, y)`` tensors with rows and columns matching the training data."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise InputError(
+            "validation_data must be a pair (x_val, y_val); "
+            f"got {type(validation_data).__name__}"
+            + (f" of length {len(validation_data)}" if hasattr(validation_data, "__len__") else "")
+        )
+    vx = as_tensor_2d("validation x", validation_data[0], dtype, device)
+    vy = as_tensor_2d("validation y", validation_data[1], dtype, device)
+    if len(vx) != len(vy) or len(vx) == 0:
+        raise InputError(
+            "validation x and y must have the same number of rows, at least one; "
+            f"got {len(vx)} and {len(vy)}"
+        )
+    if not isinstance(x, TableSource):
+        for name, got, want in (("x", vx, x), ("y", vy, y)):
+            if got.shape[1] != want.shape[1]:
+                raise InputError(
+                    f"validation {name} has {got.shape[1]} columns but the training {name} has "
+                    f"{want.shape[1]}; pass the same columns in the same order"
+                )
+    return vx, vy
+
+
 def _prepare_data(
     x: Tensor | TableSource,
     y: Tensor | None,
@@ -271,10 +298,7 @@ def _prepare_data(
     """
     given = None
     if validation_data is not None:
-        given = (
-            as_tensor_2d("validation x", validation_data[0], dtype, device),
-            as_tensor_2d("validation y", validation_data[1], dtype, device),
-        )
+        given = _check_validation(validation_data, x, y, dtype, device)
     if isinstance(x, TableSource):
         fraction = 0.0 if given else validation_fraction
         data: _InMemory | Scan = Scan(x, fraction, seed, group, dtype, device)
