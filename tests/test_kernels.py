@@ -346,3 +346,12 @@ def test_mdn_head_float32_kernel_equals_tensor_path(covariance):
         )
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
+
+
+def test_a_read_only_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")  # the cache folder cannot be created below a file
+    monkeypatch.setenv("TORCHMDN_CACHE", str(blocked))
+    monkeypatch.setattr(kernels.tempfile, "tempdir", str(tmp_path / "tmp"))
+    path = kernels.build()
+    assert path.exists() and path.is_relative_to(tmp_path / "tmp")

@@ -109,8 +109,15 @@ def build(force: bool = False) -> Path:
     path = _library_path(compiler)
     if path.exists() and not force:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    except OSError:  # a read-only home: this machine's temporary folder instead
+        path = Path(tempfile.gettempdir()) / f"torchmdn-{os.getuid()}" / "kernels" / path.name
+        if path.exists() and not force:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
         _log.info(
