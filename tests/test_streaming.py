@@ -162,6 +162,11 @@ def test_bad_sources_and_arguments(files, monkeypatch):
     (path / "bin.csv").write_bytes(b"\xff\xfe\x00a,y")
     with pytest.raises(InputError, match=r"bin\.csv is not UTF-8 text .*; save it as UTF-8"):
         TableSource(path / "bin.csv", "y")
+    # a bad byte far past the first line: found while streaming, named like the first line's
+    late = b"a,b,y\n" + b"1,2,3\n" * 50_000 + b"1,\xff,3\n"
+    (path / "late.csv").write_bytes(late)
+    with pytest.raises(InputError, match=r"late\.csv is not UTF-8 text after data row \d+ .*UTF-8"):
+        list(TableSource(path / "late.csv", "y", chunk_rows=1000).chunks())
     with pytest.raises(InputError, match="not found"):
         TableSource(path / "nope.csv", "y")
     with pytest.raises(InputError, match="chunk_rows must be an integer >= 1"):

@@ -280,6 +280,11 @@ class TableSource:
                     piece += 1
             except InputError:
                 raise
+            except UnicodeDecodeError as err:  # past the first line read_csv_text checked
+                raise InputError(
+                    f"{path} is not UTF-8 text after data row {start} ({err.reason}); "
+                    "save it as UTF-8"
+                ) from None
             except (ValueError, OSError) as err:  # pandas/pyarrow parse errors
                 if type(err).__name__ == "EmptyDataError":
                     raise InputError(f"{path} is empty") from None
