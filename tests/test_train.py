@@ -474,3 +474,24 @@ def test_clip_grad_value_and_weight_decay_are_accepted():
         small_model(), x, y, max_epochs=2, progress=False, clip_grad_value=0.1, weight_decay=0.01
     )
     assert h.epochs == 2
+
+
+def test_mean_grad_scaling_of_a_full_covariance_head_scales_by_the_marginal_sds():
+    torch.manual_seed(0)
+    n, d = 2, 3
+    head = torchmdn.MDNHead(4, d, n, covariance="full").double()
+    h = torch.randn(1, 4, dtype=torch.float64)
+    y = torch.randn(1, d, dtype=torch.float64)
+    out = {}
+    for scaled in (False, True):
+        head.mean_grad_scaling = scaled
+        head.zero_grad()
+        lp = head(h).log_prob(y)
+        lp.sum().backward()
+        out[scaled] = (lp.detach(), head.linear.bias.grad.clone())
+    torch.testing.assert_close(out[True][0], out[False][0])  # identity in the forward pass
+    sd = head(h).scale_tril[0].norm(dim=-1)  # [n, d]: rows of L = standard deviations
+    g0, g1 = out[False][1], out[True][1]
+    torch.testing.assert_close(g1[n : n + n * d], g0[n : n + n * d] * sd.flatten())
+    torch.testing.assert_close(g1[:n], g0[:n])  # weights and factor untouched
+    torch.testing.assert_close(g1[n + n * d :], g0[n + n * d :])

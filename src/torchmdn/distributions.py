@@ -325,23 +325,6 @@ class GaussianMixture(Distribution):
             self.scale, self._scale_tril, self._packed = scale, None, None
         return getattr(self, name)
 
-    @classmethod
-    def _from_packed_precision(
-        cls, logits: Tensor, loc: Tensor, packed: Tensor, floor: Tensor
-    ) -> GaussianMixture:
-        """Full covariances from an MDN head's packed precision factor (``packed (*B, n,
-        d(d+1)/2)``, ``floor (d,)``; see :func:`torchmdn.fused.unpack_precision`).
-
-        ``log_prob`` reads the packing itself (the compiled kernel); the dense factor is built
-        only when something else asks for it. Not validated (the head's output is valid by
-        construction).
-        """
-        d = loc.shape[-1]
-        shape_only = packed.new_zeros(()).expand(packed.shape[:-1] + (d, d))
-        gm = cls(logits, loc, scale_tril=shape_only, validate_args=False)
-        gm._scale_tril, gm._packed = None, (packed, floor)
-        return gm
-
     @property
     def _prec_tril(self) -> Tensor | None:
         if self._prec is None and self._packed is not None:

@@ -282,12 +282,12 @@ class MDNHead(nn.Module):
             return GaussianMixture._from_head(out, floor, self.covariance, n, d)
         logits, loc, scale = head_parameters(out, floor, kind, n, d)
         if self.covariance == "full":
+            prec = unpack_precision(scale, floor)
             with torch.no_grad():  # per-dimension standard deviations: rows of L = A⁻¹
-                prec = unpack_precision(scale, floor)
                 eye = torch.eye(d, dtype=prec.dtype, device=prec.device)
                 sd = torch.linalg.solve_triangular(prec, eye, upper=False).norm(dim=-1)
             loc = _scale_grad(loc, sd)
-            return GaussianMixture._from_packed_precision(logits, loc, scale, floor)
+            return GaussianMixture._from_precision_tril(logits, loc, prec, validate_args=False)
         loc = _scale_grad(loc, scale if self.covariance == "diagonal" else scale.unsqueeze(-1))
         return GaussianMixture(logits, loc, scale=scale, validate_args=False)
 
