@@ -113,7 +113,8 @@ def build(force: bool = False) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     except OSError:  # a read-only home: this machine's temporary folder instead
-        path = Path(tempfile.gettempdir()) / f"torchmdn-{os.getuid()}" / "kernels" / path.name
+        user = os.getuid() if hasattr(os, "getuid") else "user"  # (no uid on Windows)
+        path = Path(tempfile.gettempdir()) / f"torchmdn-{user}" / "kernels" / path.name
         if path.exists() and not force:
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
