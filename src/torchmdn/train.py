@@ -265,10 +265,9 @@ def _check_validation(
         )
     vx = as_tensor_2d("validation x", validation_data[0], dtype, device)
     vy = as_tensor_2d("validation y", validation_data[1], dtype, device)
-    if len(vx) != len(vy) or len(vx) == 0:
+    if len(vx) != len(vy):  # (as_tensor_2d refuses zero rows)
         raise InputError(
-            "validation x and y must have the same number of rows, at least one; "
-            f"got {len(vx)} and {len(vy)}"
+            f"validation x and y must have the same number of rows; got {len(vx)} and {len(vy)}"
         )
     if not isinstance(x, TableSource):
         for name, got, want in (("x", vx, x), ("y", vy, y)):
