@@ -17,8 +17,9 @@ import time
 import torch
 from torch.distributions import MultivariateNormal
 
-from torchmdn import sequence_data as D
-from torchmdn.sequence import MDNRNN, fit_sequences, lengths_to_mask
+from torchmdn.apps.sequences import data as D
+from torchmdn.nn.recurrent import MDNRNN, lengths_to_mask
+from torchmdn.training.sequences import fit_sequences
 
 
 def lasa_split():

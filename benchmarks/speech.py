@@ -14,7 +14,7 @@ pip install 'torchmdn[speech]' (or apt-get install espeak-ng).
 
 With ``--real`` (needs ``apt-get install pocketsphinx-testdata``) it also runs a small
 evaluation on 34 s of real speech: the 10 transcribed recordings, labelled by aligning
-eSpeak NG's rendering of the transcript (torchmdn.speech_align), 5 folds: each LibriVox
+eSpeak NG's rendering of the transcript (torchmdn.apps.speech.align), 5 folds: each LibriVox
 sentence is held out once (the next one validates; the other 3 and the 5 card names train),
 with a smaller MLP (64, 64) and 4 components.
 """
@@ -26,9 +26,9 @@ import dataclasses
 import statistics
 import time
 
-from torchmdn.sequence_demo import _one_thread
-from torchmdn.speech_data import VOICES, SpeechCorpus, build_corpus
-from torchmdn.speech_demo import (
+from torchmdn.apps.sequences.demo import one_thread
+from torchmdn.apps.speech.data import VOICES, SpeechCorpus, build_corpus
+from torchmdn.apps.speech.demo import (
     SpeechSettings,
     evaluate,
     format_table,
@@ -53,7 +53,7 @@ def run(seed: int, voices: tuple[str, ...], settings: SpeechSettings) -> list[di
 
 
 def real_speech(settings: SpeechSettings, seed: int) -> list[dict]:
-    from torchmdn.speech_align import pocketsphinx_utterances
+    from torchmdn.apps.speech.align import pocketsphinx_utterances
 
     corpus = SpeechCorpus.from_utterances(pocketsphinx_utterances(), seed=seed)
     small = dataclasses.replace(settings, hidden=(64, 64), n_components=4, epochs=40,
@@ -90,7 +90,7 @@ def main() -> None:
     args = p.parse_args()
     settings = SpeechSettings(n_sentences=args.sentences)
     print(f"voices {args.voices}; settings {settings}")
-    with _one_thread():
+    with one_thread():
         runs = [run(seed, tuple(args.voices), settings) for seed in args.seeds]
         if len(runs) > 1:
             print(f"\nmean over seeds {args.seeds}:")

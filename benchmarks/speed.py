@@ -28,9 +28,10 @@ from torch.distributions import (
     Normal,
 )
 
-import torchmdn.distributions as tdist
-from torchmdn import GaussianMixture, kernels
-from torchmdn.nn import MLP, MDNHead
+import torchmdn.distributions.mixture as tdist
+from torchmdn import GaussianMixture
+from torchmdn.nn.mdn import MLP, MDNHead
+from torchmdn.ops import kernel as kernels
 
 NV = dict(validate_args=False)
 

@@ -109,7 +109,7 @@ def child_ddp(out: str, epochs: int, csv: str) -> None:
     import torch
 
     from torchmdn import fit
-    from torchmdn.distributed import launched_rank
+    from torchmdn.training.distributed import launched_rank
 
     torch.set_num_threads(1)
     df = pd.read_csv(csv)
@@ -146,7 +146,7 @@ def main() -> None:
         child_ddp(out, int(epochs), csv)
         return
 
-    from torchmdn.streaming import _uniform
+    from torchmdn.training.streaming import _uniform
 
     folder = Path(args.out or tempfile.mkdtemp(prefix="torchmdn-stream-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, path, target, rows in runs:
         r = run_child("--child", str(path), target, str(args.epochs))
-        # rows not held out for validation (the hash rule of torchmdn.streaming, seed 0)
+        # rows not held out for validation (the hash rule of torchmdn.training.streaming, seed 0)
         n_train = int((_uniform(np.arange(rows), FIT["random_state"]) >= 0.1).sum())
         rate = n_train * args.epochs / r["wall_s"]
         print(f"| {name} | {rows:,} | {args.epochs} | {r['wall_s']:.1f} | {rate:,.0f} | "

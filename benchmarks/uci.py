@@ -99,7 +99,7 @@ def run_method(method: str, params: dict, X, y, X_te, y_te, seed: int) -> tuple[
     return nll, rmse
 
 
-def _one_thread() -> None:
+def one_thread() -> None:
     torch.set_num_threads(1)  # parallelism comes from the worker processes
 
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {m: 0.0 for m in methods}
     started = time.perf_counter()
     bar = tqdm(total=len(tasks), unit="fit", file=sys.stderr)
-    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_one_thread) as pool:
+    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=one_thread) as pool:
         for name, i, method, out, elapsed in pool.imap_unordered(_task, tasks):
             results.setdefault((name, method), {})[i] = out
             seconds[method] += elapsed

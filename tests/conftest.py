@@ -25,7 +25,7 @@ def _seed_and_guard_globals():
 @pytest.fixture
 def one_thread():
     """Run the test on one torch thread (the demos' own setting), restoring it afterwards."""
-    from torchmdn.sequence_demo import _one_thread
+    from torchmdn.apps.sequences.demo import one_thread
 
-    with _one_thread():
+    with one_thread():
         yield

@@ -5,15 +5,12 @@ The network outputs a whole conditional distribution p(y|x), a Gaussian mixture,
 """
 
 from . import datasets, metrics
+from ._version import __version__
 from .distributions import GaussianMixture
 from .errors import TorchMDNError
 from .io import load, save
-from .nn import MDN, MLP, MDNHead
-from .sequence import MDNRNN, PenStateHead, SequenceGenerator, fit_sequences  # issue 7
-from .streaming import TableSource  # issue 8: data larger than memory
-from .train import History, fit
-
-__version__ = "0.1.0"
+from .nn import MDN, MDNRNN, MLP, MDNHead, PenStateHead, SequenceGenerator
+from .training import History, TableSource, fit, fit_sequences
 
 __all__ = [
     "GaussianMixture",
@@ -39,9 +36,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # scikit-learn is optional: import the estimator (and sklearn) only when it is used
+    # optional parts load on first use: the estimator imports scikit-learn, plot matplotlib
     if name in ("MDNRegressor", "nll_scorer"):
         from . import estimator
 
         return getattr(estimator, name)
+    if name in ("plot", "estimator", "export", "cli"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, ModelFileError, TorchMDNError
-from .streaming import read_csv_text
+from .training.streaming import read_csv_text
 
 __all__ = ["main"]
 
@@ -115,11 +115,11 @@ def _split_names(text: str) -> list[str]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.name == "bishop":
-        from .demo import bishop_demo as run
+        from .apps.bishop import bishop_demo as run
     elif args.name == "speech":
-        from .speech_demo import speech_demo as run
+        from .apps.speech.demo import speech_demo as run
     else:
-        from .sequence_demo import handwriting_demo, storms_demo
+        from .apps.sequences.demo import handwriting_demo, storms_demo
 
         run = handwriting_demo if args.name == "handwriting" else storms_demo
     result = run(args.out, seed=args.seed, progress=not args.quiet)
@@ -140,11 +140,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .distributed import launched_rank
     from .io import save
-    from .nn import MDN
-    from .streaming import TableSource
-    from .train import fit
+    from .nn.mdn import MDN
+    from .training.distributed import launched_rank
+    from .training.fit import fit
+    from .training.streaming import TableSource
 
     targets = _split_names(args.target)
     if not targets:
@@ -269,7 +269,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_kernel(args: argparse.Namespace) -> int:
-    from . import kernels
+    from .ops import kernel as kernels
 
     if args.rebuild:
         try:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .distributions import GaussianMixture
+from .distributions.mixture import GaussianMixture
 from .errors import InputError
 
 __all__ = [

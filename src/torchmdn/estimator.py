@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .distributions import GaussianMixture
+from .distributions.mixture import GaussianMixture
 from .errors import InputError
-from .nn import MDN
-from .train import fit
+from .nn.mdn import MDN
+from .training.fit import fit
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin

@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from .distributions import GaussianMixture
+from .distributions.mixture import GaussianMixture
 from .errors import InputError
-from .nn import MDN
+from .nn.mdn import MDN
 
 __all__ = ["export_onnx", "export_program", "load_onnx_mixture", "output_names"]
 

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import ModelFileError
-from .nn import MDN
-from .sequence import MDNRNN
+from .nn.mdn import MDN
+from .nn.recurrent import MDNRNN
 
 _CLASSES: dict[str, type] = {"MDN": MDN, "MDNRNN": MDNRNN}
 
@@ -43,7 +43,7 @@ def save(
     Returns:
         The path written.
     """
-    from . import __version__
+    from ._version import __version__
 
     if type(model) not in _CLASSES.values():
         raise ModelFileError(f"save expects a torchmdn.MDN or MDNRNN; got {type(model).__name__}")
@@ -153,7 +153,7 @@ def save_checkpoint(
     path: str | os.PathLike[str], tensors: dict[str, Tensor], state: dict[str, Any]
 ) -> Path:
     """Write a training checkpoint (tensors + JSON state) atomically; used by :func:`fit`."""
-    from . import __version__
+    from ._version import __version__
 
     header = {
         "format": _FORMAT,

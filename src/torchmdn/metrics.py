@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 from torch.special import ndtr
 
-from .distributions import GaussianMixture
+from .distributions._common import component_std, require_1d, seeded_generator
+from .distributions.mixture import GaussianMixture
+from .distributions.queries import interval, marginals_1d
 from .errors import InputError, InputTypeError
-from .queries import _component_std, _generator, interval, marginals_1d
 
 __all__ = ["calibration_error", "crps", "energy_score", "interval_coverage", "nll", "pit"]
 
@@ -71,13 +72,6 @@ def _check(dist: object, y: object, reduction: str, what: str) -> tuple[Gaussian
     return dist, y
 
 
-def _require_1d(dist: GaussianMixture, what: str) -> None:
-    d = dist.event_shape[0]
-    if d != 1:
-        alt = "energy_score" if what == "crps" else f"{what} on dist.marginal([k])"
-        raise InputError(f"{what} is for a 1-d target; this mixture has d = {d}. Use {alt}.")
-
-
 def nll(dist: GaussianMixture, y: Tensor, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood ``-log p(y)`` in nats.
 
@@ -109,10 +103,10 @@ def crps(dist: GaussianMixture, y: Tensor, reduction: str = "mean") -> Tensor:
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(*B,)``).
     """
     dist, y = _check(dist, y, reduction, "crps")
-    _require_1d(dist, "crps")
+    require_1d(dist, "crps", "Use energy_score for a d-dimensional target.")
     w = dist.probs  # [*B, n]
     mu = dist.loc.squeeze(-1)  # [*B, n]
-    var = _component_std(dist).squeeze(-1).square()
+    var = component_std(dist).squeeze(-1).square()
     first = (w * _a(y - mu, var.sqrt())).sum(-1)
     pair_m = mu.unsqueeze(-1) - mu.unsqueeze(-2)  # [*B, n, n]
     pair_s = (var.unsqueeze(-1) + var.unsqueeze(-2)).sqrt()
@@ -145,7 +139,7 @@ def energy_score(
     dist, y = _check(dist, y, reduction, "energy_score")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise InputError(f"n_samples must be an int >= 1 (e.g. 1000); got {n_samples!r}")
-    gen = _generator(dist, generator, 0)
+    gen = seeded_generator(dist, generator, 0)
     x = dist.sample((2, n_samples), generator=gen)  # [2, N, *B, d]
     to_y = (x - y).norm(dim=-1).mean((0, 1))  # [*B]
     spread = (x[0] - x[1]).norm(dim=-1).mean(0)
@@ -166,7 +160,7 @@ def pit(dist: GaussianMixture, y: Tensor, reduction: str = "none") -> Tensor:
     """
     dist, y = _check(dist, y, reduction, "pit")
     w = dist.probs.unsqueeze(-1)  # [*B, n, 1]
-    z = (y.unsqueeze(-2) - dist.loc) / _component_std(dist)  # [*B, n, d]
+    z = (y.unsqueeze(-2) - dist.loc) / component_std(dist)  # [*B, n, d]
     return _reduce((w * ndtr(z)).sum(-2).clamp(0, 1), reduction)
 
 

@@ -1,0 +1,1 @@
+"""Sequence demos: handwriting (Hershey glyphs, LASA shapes) and hurricane tracks."""

@@ -1,0 +1,483 @@
+"""Modules: ``MLP`` backbone, ``MDNHead`` (features -> GaussianMixture) and ``MDN``.
+
+A head's ``forward`` *returns* a :class:`~torchmdn.GaussianMixture`; the distribution holds
+tensors only. ``MDN`` standardises x and y with buffers, so ``model(x)`` is a distribution
+over y in the user's units; the buffers are set from data by :meth:`MDN.standardize` (which
+:func:`torchmdn.fit` calls), never in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..distributions.mixture import GaussianMixture
+from ..errors import InputError
+from ..ops.layout import HEAD_KINDS, head_parameters, unpack_precision
+
+__all__ = [
+    "MLP",
+    "MDNHead",
+    "MDN",
+    "COVARIANCES",
+    "ACTIVATIONS",
+    "target_resolution",
+    "write_normalizers",
+]
+
+COVARIANCES = ("diagonal", "isotropic", "full")
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+}
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def _softplus_inverse(x: Tensor) -> Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+def _scale_grad(loc: Tensor, scale: Tensor) -> Tensor:
+    """Identity on ``loc`` whose backward multiplies the gradient by ``scale`` (detached).
+
+    The RNADE remedy (Uria, Murray & Larochelle 2013): the gradient of the NLL with respect to
+    a mean grows like 1/σ², so a narrow component takes huge steps; scaling by σ evens them out.
+    """
+    return loc + (scale.detach() - 1) * (loc - loc.detach())
+
+
+def target_resolution(y: Tensor) -> Tensor:
+    """The recording resolution of each target column of ``y (N, d)``; 0 for continuous ones.
+
+    A column whose values repeat (at most half as many distinct values as rows) is taken to
+    be recorded on a grid: scores 0-10, prices in cents, counts. Its resolution is the
+    smallest gap between distinct values. Columns with fewer repeats count as continuous.
+    """
+    y = y.detach().reshape(len(y), -1).double().cpu()
+    out = torch.zeros(y.shape[1], dtype=torch.float64)
+    for j in range(y.shape[1]):
+        values = torch.unique(y[:, j])  # sorted
+        if 2 <= len(values) <= len(y) / 2:
+            out[j] = (values[1:] - values[:-1]).min()
+    return out
+
+
+@torch.no_grad()
+def write_normalizers(
+    module: nn.Module, x_loc: Tensor, x_scale: Tensor, y_loc: Tensor, y_scale: Tensor,
+    context: str = "",
+) -> None:  # fmt: skip
+    """Copy column means and standard deviations into ``module``'s ``x_loc``, ``x_scale``,
+    ``y_loc``, ``y_scale`` buffers and mark it ``standardized``: the rules every model here
+    follows. A constant input column gets scale 1 (it carries no information); a constant or
+    non-finite target column is an :class:`InputError` (``context`` says where it was seen),
+    since a density over a constant is not defined."""
+    y_std = torch.as_tensor(y_scale).to(module.y_scale)
+    bad = ~(torch.isfinite(y_std) & (y_std > 0))
+    if bad.any():
+        raise InputError(
+            f"target column(s) {torch.nonzero(bad).flatten().tolist()} are constant or not "
+            f"finite{context}: a density over a constant is not defined. Drop the column or "
+            "add more varied data."
+        )
+    x_std = torch.as_tensor(x_scale).to(module.x_scale)
+    module.x_loc.copy_(torch.as_tensor(x_loc))
+    module.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
+    module.y_loc.copy_(torch.as_tensor(y_loc))
+    module.y_scale.copy_(y_std)
+    module.standardized.fill_(True)
+
+
+class MLP(nn.Sequential):
+    """A plain multilayer perceptron: ``Linear -> activation`` for each hidden width."""
+
+    def __init__(
+        self, in_features: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh"
+    ):
+        if activation not in ACTIVATIONS:
+            raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+        layers: list[nn.Module] = []
+        width = _check_positive_int("in_features", in_features)
+        for h in hidden:
+            layers += [
+                nn.Linear(width, _check_positive_int("hidden width", h)),
+                ACTIVATIONS[activation](),
+            ]
+            width = h
+        super().__init__(*layers)
+        self.in_features = in_features
+        self.out_features = width
+
+
+class MDNHead(nn.Module):
+    r"""One linear layer from features to the parameters of a Gaussian mixture.
+
+    The output is split into ``logits (*, n)``, ``loc (*, n, d)`` and the scale parameters:
+    ``(*, n, d)`` diagonal, ``(*, n)`` isotropic, or the ``d(d+1)/2`` entries of a
+    lower-triangular factor per component (full). Standard deviations are
+    ``min_scale + softplus(raw)``: a real floor, in the units the head sees.
+
+    Full covariances are parameterised by the lower-triangular *precision* factor
+    ``A = L⁻¹`` (``Σ⁻¹ = AᵀA``, ``L`` the Cholesky factor of ``Σ``), so the loss needs no
+    triangular solve: ``A``'s off-diagonal entries are the raw outputs and its diagonal is
+    ``1 / (min_scale + softplus(raw))``. The floor therefore applies exactly as before to the
+    diagonal of ``L = A⁻¹`` (``L_jj = 1/A_jj >= min_scale``: the conditional standard
+    deviation of ``y_j`` given ``y_<j``), and so also to every marginal standard deviation
+    (``Σ_jj >= L_jj²``). With zero off-diagonal outputs ``L = diag(min_scale + softplus(raw))``.
+
+    Args:
+        in_features: size of the feature vector.
+        out_features: dimension ``d`` of the target.
+        n_components: number of mixture components ``n``.
+        covariance: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
+        min_scale: the floor on standard deviations (``1e-3`` in standardised units matches
+            scikit-learn's ``reg_covar=1e-6`` on variances).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        n_components: int,
+        covariance: str = "diagonal",
+        min_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if covariance not in COVARIANCES:
+            raise InputError(f"covariance must be one of {COVARIANCES}; got {covariance!r}")
+        if not (
+            isinstance(min_scale, (int, float)) and math.isfinite(min_scale) and min_scale >= 0
+        ):
+            raise InputError(f"min_scale must be a finite number >= 0; got {min_scale!r}")
+        self.in_features = _check_positive_int("in_features", in_features)
+        self.out_features = d = _check_positive_int("out_features", out_features)
+        self.n_components = n = _check_positive_int("n_components", n_components)
+        self.covariance = covariance
+        self.min_scale = float(min_scale)
+        #: per-dimension floor on standard deviations (>= min_scale); MDN.standardize raises it
+        #: to the resolution of a target recorded on a grid (see MDN's ``target_resolution``)
+        self.register_buffer("scale_floor", torch.full((d,), self.min_scale))
+        n_scale = {"diagonal": n * d, "isotropic": n, "full": n * d * (d + 1) // 2}[covariance]
+        self._split = [n, n * d, n_scale]
+        self.linear = nn.Linear(in_features, sum(self._split))
+        #: scale the gradient reaching each mean by its component's σ (RNADE); set by fit()
+        self.mean_grad_scaling = False
+        if covariance == "full":
+            rows, cols = torch.tril_indices(d, d)
+            self.register_buffer("_tril_is_diag", rows == cols, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Small weights, equal mixture weights, unit scales and spread-out means."""
+        n, d = self.n_components, self.out_features
+        with torch.no_grad():
+            self.linear.reset_parameters()
+            self.linear.weight.mul_(0.1)
+            logit_b, loc_b, scale_b = self.linear.bias.split(self._split)
+            logit_b.zero_()
+            # means spread over [-1.5, 1.5] (standardised units) so components start apart
+            spread = torch.linspace(-1.5, 1.5, n) if n > 1 else torch.zeros(1)
+            loc_b.copy_(spread.repeat_interleave(d))
+            unit = _softplus_inverse(torch.tensor(max(1.0 - self.min_scale, 1e-3)))
+            if self.covariance == "full":
+                scale_b.zero_()
+                scale_b.view(n, -1)[:, self._tril_is_diag] = unit
+            else:
+                scale_b.fill_(unit.item())
+
+    def component_rows(self, k: int) -> list[int]:
+        """Indices of the output units (rows of ``linear``) that belong to component ``k``."""
+        n, d = self.n_components, self.out_features
+        per = self._split[2] // n
+        return [
+            k,
+            *range(n + k * d, n + (k + 1) * d),
+            *range(n + n * d + k * per, n + n * d + (k + 1) * per),
+        ]
+
+    @torch.no_grad()
+    def set_component(
+        self, k: int, loc: Tensor, scale: Tensor, logit: float, zero_weights: bool = True
+    ) -> None:
+        """Make component ``k`` start at ``loc`` (d,) with standard deviations ``scale`` (d,);
+        with ``zero_weights`` its output rows ignore the features until trained."""
+        n, d = self.n_components, self.out_features
+        if zero_weights:
+            self.linear.weight[self.component_rows(k)] = 0.0
+        bias = self.linear.bias
+        bias[k] = logit
+        bias[n + k * d : n + (k + 1) * d] = loc
+        floor = self.scale_floor
+        if self.covariance == "isotropic":  # one scale: the RMS of the d wanted ones
+            scale, floor = scale.square().mean().sqrt(), floor.max()
+        raw = _softplus_inverse((scale - floor).clamp_min(1e-4))
+        start = n + n * d
+        if self.covariance == "diagonal":
+            bias[start + k * d : start + (k + 1) * d] = raw
+        elif self.covariance == "isotropic":
+            bias[start + k] = raw
+        else:
+            m = self._split[2] // n
+            block = torch.zeros(m, dtype=bias.dtype, device=bias.device)
+            block[self._tril_is_diag] = raw
+            bias[start + k * m : start + (k + 1) * m] = block
+
+    @torch.no_grad()
+    def initialize(
+        self, z: Tensor, generator: torch.Generator | None = None, iters: int = 20
+    ) -> None:
+        """Start at the unconditional mixture fit of targets ``z (N, d)`` (in the head's units).
+
+        k-means (k-means++ seeding, ``iters`` Lloyd steps) places one component on each
+        cluster with that cluster's standard deviations; weights start near uniform (half
+        uniform, half the cluster shares) and the weight rows stay small, so training starts
+        from the unconditional fit, a known cure for components that never get used.
+        """
+        n, d = self.n_components, self.out_features
+        z = z.detach().reshape(-1, d).to(self.linear.bias.dtype).cpu()
+        if len(z) < n:
+            z = z.repeat(math.ceil(n / len(z)), 1)
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        centers = z[torch.randint(len(z), (1,), generator=gen)]
+        for _ in range(1, n):  # k-means++ seeding
+            dist2 = torch.cdist(z, centers).square().min(1).values
+            probs = dist2 / dist2.sum() if dist2.sum() > 0 else torch.full_like(dist2, 1 / len(z))
+            centers = torch.cat([centers, z[torch.multinomial(probs, 1, generator=gen)]])
+        for _ in range(iters):
+            assign = torch.cdist(z, centers).argmin(1)
+            for k in range(n):
+                members = z[assign == k]
+                if len(members):
+                    centers[k] = members.mean(0)
+        assign = torch.cdist(z, centers).argmin(1)
+        fallback = z.std(0).clamp_min(1e-3) / n ** (1 / d)
+        self.linear.bias.zero_()
+        for k in range(n):
+            members = z[assign == k]
+            share = len(members) / len(z)
+            std = members.std(0) if len(members) > 1 else fallback
+            std = torch.maximum(torch.where(std > 0, std, fallback), 2 * self.scale_floor)
+            self.set_component(
+                k, centers[k], std, math.log(0.5 * share + 0.5 / n), zero_weights=False
+            )
+
+    def forward(self, h: Tensor) -> GaussianMixture:
+        """Map features ``(*, in_features)`` to a GaussianMixture with batch shape ``*``."""
+        n, d = self.n_components, self.out_features
+        out = self.linear(h)
+        kind = HEAD_KINDS[self.covariance]
+        floor = self.scale_floor if self.covariance != "isotropic" else self.scale_floor.max()[None]
+        if not self.mean_grad_scaling:  # log_prob reads the output as it is
+            return GaussianMixture._from_head(out, floor, self.covariance, n, d)
+        logits, loc, scale = head_parameters(out, floor, kind, n, d)
+        if self.covariance == "full":
+            prec = unpack_precision(scale, floor)
+            with torch.no_grad():  # per-dimension standard deviations: rows of L = A⁻¹
+                eye = torch.eye(d, dtype=prec.dtype, device=prec.device)
+                sd = torch.linalg.solve_triangular(prec, eye, upper=False).norm(dim=-1)
+            loc = _scale_grad(loc, sd)
+            return GaussianMixture._from_precision_tril(logits, loc, prec, validate_args=False)
+        loc = _scale_grad(loc, scale if self.covariance == "diagonal" else scale.unsqueeze(-1))
+        return GaussianMixture(logits, loc, scale=scale, validate_args=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"n_components={self.n_components}, covariance={self.covariance!r}, "
+            f"min_scale={self.min_scale}"
+        )
+
+
+class MDN(nn.Module):
+    """A mixture density network: MLP backbone + :class:`MDNHead`, with built-in standardisation.
+
+    ``model(x)`` returns a :class:`~torchmdn.GaussianMixture` over ``y`` in the user's units
+    (batch shape ``x.shape[:-1]``, event shape ``(out_features,)``).
+
+    Args:
+        in_features: number of input features.
+        out_features: dimension of the target ``y``.
+        n_components: number of mixture components.
+        hidden: widths of the hidden layers.
+        covariance: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
+        activation: ``"tanh"``, ``"relu"``, ``"silu"`` or ``"gelu"``.
+        min_scale: floor on the standard deviations, in standardised units of y.
+        target_resolution: the resolution ``h`` at which y is recorded (a number or one per
+            column, in y's units; 0 for continuous), or ``"auto"`` to detect it in
+            :meth:`standardize` with :func:`target_resolution`, or ``None`` for no such floor.
+            Standard deviations are floored at ``h / sqrt(12)``, the spread of rounding to
+            a grid of step ``h`` (Sheppard): without it, components of a target with few
+            distinct values (a 0-10 score) collapse onto the grid points, and the density
+            spikes that result score arbitrarily well on grid points and arbitrarily badly
+            between them.
+        feature_names, target_names: optional column names, kept in saved models.
+
+    Example:
+        >>> import torch, torchmdn
+        >>> model = torchmdn.MDN(1, 1, n_components=3)
+        >>> model(torch.zeros(4, 1)).batch_shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        n_components: int = 5,
+        hidden: Sequence[int] = (128, 128),
+        covariance: str = "diagonal",
+        activation: str = "silu",
+        min_scale: float = 1e-3,
+        target_resolution: str | float | Sequence[float] | None = "auto",
+        feature_names: Sequence[str] | None = None,
+        target_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.target_resolution = self._check_resolution(target_resolution, out_features)
+        self.backbone = MLP(in_features, tuple(hidden), activation)
+        self.head = MDNHead(
+            self.backbone.out_features, out_features, n_components, covariance, min_scale
+        )
+        self.in_features, self.out_features = in_features, out_features
+        self.feature_names = None if feature_names is None else [str(c) for c in feature_names]
+        self.target_names = None if target_names is None else [str(c) for c in target_names]
+        self.metadata: dict[str, Any] = {}  # free-form, saved by torchmdn.save
+        for names, size, what in (
+            (self.feature_names, in_features, "feature_names"),
+            (self.target_names, out_features, "target_names"),
+        ):
+            if names is not None and len(names) != size:
+                raise InputError(f"{what} must have {size} entries; got {len(names)}: {names}")
+        self.register_buffer("x_loc", torch.zeros(in_features))
+        self.register_buffer("x_scale", torch.ones(in_features))
+        self.register_buffer("y_loc", torch.zeros(out_features))
+        self.register_buffer("y_scale", torch.ones(out_features))
+        self.register_buffer("standardized", torch.tensor(False))
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-serialisable (used by :func:`torchmdn.save`)."""
+        linears = [m for m in self.backbone if isinstance(m, nn.Linear)]
+        act = next(
+            (k for k, v in ACTIVATIONS.items() for m in self.backbone if type(m) is v), "tanh"
+        )
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "n_components": self.head.n_components,
+            "hidden": [m.out_features for m in linears],
+            "covariance": self.head.covariance,
+            "activation": act,
+            "min_scale": self.head.min_scale,
+            "target_resolution": self.target_resolution,
+            "feature_names": self.feature_names,
+            "target_names": self.target_names,
+        }
+
+    @torch.no_grad()
+    def standardize(self, x: Tensor, y: Tensor) -> MDN:
+        """Set the normalisers from data: per-column mean and standard deviation (see
+        :meth:`set_normalizers` for the rules)."""
+        x, y = self._check_x(x), self._check_y(y)
+        one = len(y) < 2  # one row: std is undefined; set_normalizers reports it
+        return self.set_normalizers(
+            x.mean(0), torch.ones_like(x[0]) if one else x.std(0),
+            y.mean(0), torch.zeros_like(y[0]) if one else y.std(0), y_sample=y,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def set_normalizers(
+        self, x_loc: Tensor, x_scale: Tensor, y_loc: Tensor, y_scale: Tensor,
+        y_sample: Tensor | None = None,
+    ) -> MDN:  # fmt: skip
+        """Set the normalisers from column means and standard deviations (e.g. computed in a
+        streaming pass). A constant input column gets scale 1 (it carries no information); a
+        constant target column is an error, since its density is not defined. With
+        ``target_resolution="auto"`` the grid step of y is detected on ``y_sample`` (rows of
+        y; ``None``: no detection)."""
+        write_normalizers(self, x_loc, x_scale, y_loc, y_scale, " (or have one row)")
+        if self.target_resolution != "auto":
+            self.set_resolution(self.target_resolution)
+        else:
+            sample = None if y_sample is None else self._check_y(y_sample)
+            self.set_resolution(None if sample is None else target_resolution(sample))
+        return self
+
+    @torch.no_grad()
+    def set_resolution(self, resolution: float | Sequence[float] | Tensor | None) -> MDN:
+        """Floor each target column's standard deviations at ``resolution / sqrt(12)`` (y's
+        units; at least ``min_scale`` standardised units). Needs ``y_scale`` to be set."""
+        floor = self.head.scale_floor
+        floor.fill_(self.head.min_scale)
+        if resolution is not None:
+            h = torch.as_tensor(resolution, dtype=floor.dtype).to(floor.device).expand_as(floor)
+            floor.copy_(torch.maximum(floor, h / math.sqrt(12) / self.y_scale))
+        return self
+
+    @staticmethod
+    def _check_resolution(value: Any, d: int) -> str | float | list[float] | None:
+        if value is None or value == "auto":
+            return value
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        ok = len(vals) in (1, d) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in vals
+        )
+        if not ok:
+            raise InputError(
+                f"target_resolution must be 'auto', None, a number >= 0 or {d} such numbers "
+                f"(one per target column); got {value!r}"
+            )
+        return [float(v) for v in vals] if isinstance(value, (list, tuple)) else float(value)
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise InputError(f"x must be a torch.Tensor; got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise InputError(
+                f"x must have shape (..., {self.in_features}) (in_features={self.in_features}); "
+                f"got shape {tuple(x.shape)}"
+                + (". For one feature, use x.unsqueeze(-1)." if self.in_features == 1 else "")
+            )
+        return x
+
+    def _check_y(self, y: Tensor) -> Tensor:
+        if not isinstance(y, Tensor):
+            raise InputError(f"y must be a torch.Tensor; got {type(y).__name__}")
+        if y.dim() == 0 or y.shape[-1] != self.out_features:
+            raise InputError(
+                f"y must have shape (..., {self.out_features}) (out_features="
+                f"{self.out_features}); got shape {tuple(y.shape)}"
+                + (". For one target, use y.unsqueeze(-1)." if self.out_features == 1 else "")
+            )
+        return y
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> MDN:
+        """Start the head at the unconditional mixture fit of ``y`` (see :meth:`MDNHead.initialize`)."""
+        self.head.initialize((self._check_y(y) - self.y_loc) / self.y_scale, generator)
+        return self
+
+    def standardized_forward(self, x: Tensor) -> GaussianMixture:
+        """The mixture over standardised ``z = (y - y_loc) / y_scale`` (what the head predicts)."""
+        x = self._check_x(x)
+        return self.head(self.backbone((x - self.x_loc) / self.x_scale))
+
+    def forward(self, x: Tensor) -> GaussianMixture:
+        """The predicted mixture over ``y`` in user units, batch shape ``x.shape[:-1]``."""
+        return self.standardized_forward(x).affine(self.y_scale, self.y_loc)
+
+    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log p(y | x)`` in user units, computed in standardised units for accuracy."""
+        z = (self._check_y(y) - self.y_loc) / self.y_scale
+        return self.standardized_forward(x).log_prob(z) - self.y_scale.log().sum()

@@ -1,0 +1,360 @@
+"""The compiled CPU kernel for the mixture log-likelihood: build once, load, call.
+
+Callers are :mod:`torchmdn.ops.fused` (``log_prob``: parameters as tensors) and
+:class:`~torchmdn.GaussianMixture` made by an MDN head (``head_log_prob``: the head's raw
+output); both return ``None`` where the kernel does not apply, and the caller takes its
+tensor-level path.
+
+:mod:`torchmdn.ops.fused` computes the likelihood as a dozen whole-tensor operations; at the
+batch sizes MDNs train with, their fixed cost per operation dominates. ``csrc/mixture.cpp``
+does the same maths in one pass over the rows (vectorised ``exp``/``log`` from ATen), forward
+and backward. It is compiled on first use with the system's C++ compiler against the
+installed torch (a few seconds, once per torch version and CPU), cached under
+``$TORCHMDN_CACHE`` (default ``~/.cache/torchmdn``), and loaded as ``torch.ops.torchmdn``.
+
+Nothing is required: without a compiler, on other devices or layouts, under
+``torch.compile``, or with ``TORCHMDN_KERNEL=0`` in the environment, :mod:`torchmdn.ops.fused`
+runs its tensor-level path with the same results. A failed build warns once, naming the
+compiler's message and how to switch the kernel off.
+
+    torchmdn kernel     # build it now (``make`` does) and say where it is, or why not
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .layout import (
+    CHOLESKY,
+    DIAGONAL,
+    ISOTROPIC,
+    PACKED,
+    PRECISION,
+    head_parameters,
+    unpack_precision,
+)
+
+__all__ = ["available", "build", "head_log_prob", "log_prob", "status"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "mixture.cpp"
+_log = logging.getLogger("torchmdn")
+_lock = threading.Lock()
+_state: dict[str, object] = {"loaded": None, "reason": None}
+
+
+def _enabled() -> bool:
+    return os.environ.get("TORCHMDN_KERNEL", "1").strip().lower() not in {"0", "off", "false", "no"}
+
+
+def _flags() -> list[str]:
+    """Compiler flags for this torch and CPU (part of the cache key)."""
+    torch_dir = Path(torch.__file__).parent
+    flags = [
+        "-O3",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-fopenmp",  # ATen's parallel_for is OpenMP in torch's CPU builds
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"-I{torch_dir / 'include'}",
+        f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+    ]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in {"AVX2", "AVX512"}:  # ATen's 256-bit vector code, SLEEF from libtorch
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    else:  # ATen's portable vector type (plain loops)
+        flags += ["-DCPU_CAPABILITY=DEFAULT"]
+    lib = torch_dir / "lib"
+    return flags + [f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10", "-ltorch_cpu"]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TORCHMDN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torchmdn"
+    )
+    return Path(root) / "kernels"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+def _library_path(compiler: str) -> Path:
+    key = hashlib.sha256()
+    for part in (
+        _SOURCE.read_bytes(),
+        torch.__version__.encode(),
+        compiler.encode(),
+        " ".join(_flags()).encode(),
+        sysconfig.get_platform().encode(),
+    ):
+        key.update(part)
+        key.update(b"\0")
+    return _cache_dir() / f"mixture-{key.hexdigest()[:16]}.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernel (unless cached) and return the shared library's path.
+
+    Raises ``RuntimeError`` with the compiler's message when there is no compiler or the
+    build fails. Safe to run from several processes at once (each writes its own temporary
+    file and renames it into place).
+    """
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (looked for $CXX, c++ and g++)")
+    path = _library_path(compiler)
+    if path.exists() and not force:
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    except OSError:  # a read-only home: this machine's temporary folder instead
+        user = os.getuid() if hasattr(os, "getuid") else "user"  # (no uid on Windows)
+        path = Path(tempfile.gettempdir()) / f"torchmdn-{user}" / "kernels" / path.name
+        if path.exists() and not force:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        _log.info(
+            "torchmdn: compiling the CPU likelihood kernel once (a few seconds) into %s", path
+        )
+        try:
+            run = subprocess.run(
+                [compiler, str(_SOURCE), "-o", tmp, *_flags()],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise RuntimeError(f"{compiler} could not run: {err}") from err
+        if run.returncode != 0:
+            tail = "\n".join(run.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"{compiler} failed (exit {run.returncode}):\n{tail}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def available() -> bool:
+    """Whether the compiled kernel is in use (building and loading it on the first call)."""
+    if _state["loaded"] is not None:
+        return bool(_state["loaded"])
+    with _lock:
+        if _state["loaded"] is None:
+            _state["loaded"] = _load()
+    return bool(_state["loaded"])
+
+
+def status() -> str:
+    """One line: whether the kernel is used, and from where or why not."""
+    if available():
+        return f"compiled CPU kernel in use: {_state['path']}"
+    return f"compiled CPU kernel not in use ({_state['reason']}); tensor-level fused path"
+
+
+def _load() -> bool:
+    if not _enabled():
+        _state["reason"] = "TORCHMDN_KERNEL=0"
+        return False
+    if hasattr(torch.ops.torchmdn, "mixture_forward"):  # loaded by another copy of torchmdn
+        _state["path"] = "already registered"
+        return True
+    try:
+        path = build()
+        torch.ops.load_library(str(path))
+    except (RuntimeError, OSError) as err:
+        _state["reason"] = f"build failed: {str(err).splitlines()[0]}"
+        warnings.warn(
+            "torchmdn: could not build its compiled CPU kernel; using the tensor-level path "
+            f"(same results, slower). Set TORCHMDN_KERNEL=0 to skip the attempt.\n{err}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    _state["path"] = str(path)
+    return True
+
+
+# ---------------------------------------------------------------- calling it
+
+#: ``False`` keeps the tensor-level path even where the kernel could run (tests, benchmarks).
+_USE_KERNEL = True
+
+
+def _ready(t: Tensor) -> bool:
+    """Whether the kernel may run on ``t``'s device and dtype, here and now."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False  # torch.compile and tracing see the tensor-level path
+    if not _USE_KERNEL or t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return False
+    return available()
+
+
+def _value_rows(value: Tensor, batch: torch.Size, d: int) -> tuple[Tensor, torch.Size] | None:
+    """``value`` as rows ``[N, d]`` against the parameter rows (row ``i`` uses parameter row
+    ``i % P``) and the shape of the result; ``None`` unless it broadcasts to ``(*S, *B, d)``."""
+    if value.shape[-1:] != (d,):
+        return None
+    shape = value.shape[:-1]
+    if shape[len(shape) - len(batch) :] != batch:
+        try:
+            shape = torch.broadcast_shapes(shape, batch)
+        except RuntimeError:
+            return None
+        if shape[len(shape) - len(batch) :] != batch:
+            return None
+        value = value.expand(shape + (d,))
+    return _rows(value, (-1, d)), shape
+
+
+def _rows(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``t`` as a contiguous tensor of ``shape`` (no copy, no autograd node when it is one)."""
+    if t.dim() != len(shape) or (shape[0] != -1 and t.shape[0] != shape[0]):
+        t = t.reshape(shape)
+    return t.contiguous()
+
+
+def log_prob(
+    kind: int, logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor, floor: Tensor | None = None
+) -> Tensor | None:
+    """``log p(value)`` of a mixture by the kernel, or ``None`` where it does not apply.
+
+    It applies on the CPU in float32/float64 when the parameters share one batch shape ``B``
+    (no broadcasting among them) and ``value`` broadcasts to ``(*S, *B, d)``. ``fac`` is the
+    covariance parameter of ``kind`` (see :mod:`torchmdn.ops.fused` for the maths); ``floor``
+    only for ``PACKED``.
+    """
+    if not _ready(logits):
+        return None
+    batch, (n, d) = logits.shape[:-1], loc.shape[-2:]
+    tail = {DIAGONAL: (n, d), ISOTROPIC: (n,), PACKED: (n, d * (d + 1) // 2)}.get(kind, (n, d, d))
+    rows = _value_rows(value, batch, d)
+    if loc.shape != batch + (n, d) or fac.shape != batch + tail or rows is None:
+        return None
+    value, shape = rows
+    P = math.prod(batch)
+    transposed = kind == CHOLESKY and not fac.is_contiguous() and fac.mT.is_contiguous()
+    fac = fac.mT if transposed else fac  # a column-major factor (LAPACK's) read as such
+    args = (_rows(logits, (P, n)), _rows(loc, (P, n, d)), _rows(fac, (P,) + tail))
+    floor = logits.new_empty(0) if floor is None else floor.to(logits.dtype).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*args, value)):
+        return _LogProb.apply(*args, value, floor, kind, transposed, shape)
+    out = torch.ops.torchmdn.mixture_forward(*args, floor, value, kind, transposed, False)
+    return out[0].view(shape)
+
+
+def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) -> Tensor | None:
+    """``log p(value)`` straight from an MDN head's output ``(*B, n + n d + scales)`` (see
+    :func:`torchmdn.ops.head_parameters`), or ``None`` where the kernel does not apply:
+    no split, copies or softplus as separate operations, one gradient for the whole output."""
+    if not _ready(out):
+        return None
+    d = value.shape[-1]
+    rows = _value_rows(value, out.shape[:-1], d)
+    if rows is None:
+        return None
+    value, shape = rows
+    args = (_rows(out, (math.prod(out.shape[:-1]), out.shape[-1])), value)
+    floor = floor.to(out.dtype).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        return _HeadLogProb.apply(*args, floor, kind, n, shape)
+    return torch.ops.torchmdn.head_forward(*args[:1], floor, value, kind, n, False)[0].view(shape)
+
+
+def _reference(kind: int, transposed: bool, P: int, floor: Tensor):
+    """The plain-autograd function of the kernel's inputs (for double backward)."""
+    def fn(logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor) -> Tensor:
+        value = value.view(-1, P, value.shape[-1])
+        if kind in (DIAGONAL, ISOTROPIC):
+            return reference.diag_log_prob(logits, loc, fac, value, kind == ISOTROPIC)
+        if kind == PACKED:
+            return reference.tril_log_prob(logits, loc, unpack_precision(fac, floor), value)
+        if kind == PRECISION:
+            return reference.tril_log_prob(logits, loc, fac, value)
+        return reference.scale_tril_log_prob(logits, loc, fac.mT if transposed else fac, value)
+
+    return fn
+
+
+def _head_reference(kind: int, n: int, floor: Tensor):
+    """The plain-autograd function of a head's output and the values (for double backward)."""
+    def fn(out: Tensor, value: Tensor) -> Tensor:
+        d = value.shape[-1]
+        logits, loc, scale = head_parameters(out, floor, kind, n, d)
+        return _reference(kind, False, out.shape[0], floor)(logits, loc, scale, value)
+
+    return fn
+
+
+class _LogProb(torch.autograd.Function):
+    """Value rows ``[N, d]`` against parameter rows ``[P, ...]`` (row ``i`` uses parameter
+    row ``i % P``); ``log p`` returned in ``shape``."""
+
+    @staticmethod
+    def forward(ctx, logits, loc, fac, value, floor, kind, transposed, shape):
+        out, r, p = torch.ops.torchmdn.mixture_forward(
+            logits, loc, fac, floor, value, kind, transposed, True
+        )
+        ctx.kind, ctx.transposed = kind, transposed
+        ctx.save_for_backward(logits, loc, fac, value, floor, r, p)
+        return out.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, loc, fac, value, floor, r, p = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
+
+            fn = _reference(ctx.kind, ctx.transposed, logits.shape[0], floor)
+            inputs = (logits, loc, fac, value)
+            return reference.grads(fn, inputs, g.reshape(-1, logits.shape[0])) + (None,) * 4
+        grads = torch.ops.torchmdn.mixture_backward(
+            g.reshape(-1), r, p, logits, loc, fac, floor, value, ctx.kind, ctx.transposed
+        )
+        return _wanted(ctx, grads) + (None,) * 4
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """A head's output rows ``[P, F]`` and value rows ``[N, d]``; ``log p`` in ``shape``."""
+
+    @staticmethod
+    def forward(ctx, out, value, floor, kind, n, shape):
+        lp, r, p = torch.ops.torchmdn.head_forward(out, floor, value, kind, n, True)
+        ctx.kind, ctx.n = kind, n
+        ctx.save_for_backward(out, value, floor, r, p)
+        return lp.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        out, value, floor, r, p = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
+
+            fn = _head_reference(ctx.kind, ctx.n, floor)
+            return reference.grads(fn, (out, value), g.reshape(-1, out.shape[0])) + (None,) * 4
+        grads = torch.ops.torchmdn.head_backward(
+            g.reshape(-1), r, p, out, floor, value, ctx.kind, ctx.n
+        )
+        return _wanted(ctx, grads) + (None,) * 4
+
+
+def _wanted(ctx, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+    return tuple(t if want else None for t, want in zip(grads, ctx.needs_input_grad, strict=False))

@@ -1,0 +1,225 @@
+"""MDNHead and MDN: shapes, gradients, the scale floor, standardisation, user units."""
+
+import math
+
+import pytest
+import torch
+
+from torchmdn import MDN, MLP, GaussianMixture, MDNHead
+from torchmdn.errors import InputError
+from torchmdn.nn.mdn import target_resolution as torchmdn_target_resolution
+
+KINDS = ("diagonal", "isotropic", "full")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("n", [1, 4])
+def test_head_shapes_and_every_parameter_gets_a_gradient(kind, d, n):
+    head = MDNHead(5, d, n, covariance=kind)
+    h = torch.randn(2, 7, 5)
+    gm = head(h)
+    assert isinstance(gm, GaussianMixture)
+    assert gm.batch_shape == (2, 7) and gm.event_shape == (d,) and gm.covariance_type == kind
+    gm.log_prob(torch.randn(2, 7, d)).sum().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # every output block receives gradient: logits, means and scale parameters
+    g = head.linear.bias.grad
+    sizes = head._split
+    for block in g.split(sizes):
+        assert block.abs().sum() > 0 or (block.numel() == 1 and n == 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_min_scale_is_a_real_floor(kind):
+    head = MDNHead(3, 2, 2, covariance=kind, min_scale=0.05)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.fill_(-1e4)  # softplus -> 0: scales must sit exactly on the floor
+    gm = head(torch.zeros(1, 3))
+    if kind == "full":
+        diag = gm.scale_tril.diagonal(dim1=-2, dim2=-1)
+        torch.testing.assert_close(diag, torch.full_like(diag, 0.05))
+        assert (gm.scale_tril.triu(1) == 0).all()
+    else:
+        torch.testing.assert_close(gm.scale, torch.full_like(gm.scale, 0.05))
+
+
+def test_head_full_builds_valid_cholesky_factor():
+    head = MDNHead(4, 3, 2, covariance="full")
+    gm = head(torch.randn(6, 4))
+    GaussianMixture(
+        gm.logits, gm.loc, scale_tril=gm.scale_tril, validate_args=True
+    )  # must not raise
+
+
+def test_head_initial_mixture_is_spread_with_equal_weights():
+    head = MDNHead(8, 1, 5)
+    gm = head(torch.zeros(1, 8))
+    torch.testing.assert_close(gm.probs, torch.full((1, 5), 0.2))
+    assert gm.loc.squeeze().unique().numel() == 5
+    torch.testing.assert_close(gm.scale, torch.ones_like(gm.scale), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(in_features=3, out_features=1, n_components=0), "n_components"),
+        (dict(in_features=3, out_features=1, n_components=2, covariance="banana"), "covariance"),
+        (dict(in_features=3, out_features=1, n_components=2, min_scale=-1.0), "min_scale"),
+        (dict(in_features=0, out_features=1, n_components=2), "in_features"),
+    ],
+)
+def test_head_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        MDNHead(**kwargs)
+
+
+def test_mlp_rejects_unknown_activation():
+    with pytest.raises(InputError, match="activation"):
+        MLP(2, (4,), activation="swishy")
+
+
+def test_mdn_output_is_in_user_units():
+    x = torch.randn(500, 2) * 10 + 3
+    y = torch.randn(500, 1) * 1000 - 50
+    model = MDN(2, 1, n_components=3, hidden=(16,)).standardize(x, y)
+    torch.testing.assert_close(model.y_scale, y.std(0))
+    dist = model(x[:7])
+    z = model.standardized_forward(x[:7])
+    # log p(y) = log p_z((y - m) / s) - log s, and the fast path agrees with model(x).log_prob
+    want = z.log_prob((y[:7] - model.y_loc) / model.y_scale) - model.y_scale.log().sum()
+    torch.testing.assert_close(model.log_prob(x[:7], y[:7]), want)
+    torch.testing.assert_close(dist.log_prob(y[:7]), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        dist.mean, z.mean * model.y_scale + model.y_loc, rtol=1e-5, atol=1e-3
+    )
+
+
+def test_mdn_standardize_rejects_constant_target_and_tolerates_constant_feature():
+    x = torch.cat([torch.randn(20, 1), torch.ones(20, 1)], 1)
+    model = MDN(2, 1, hidden=(4,))
+    model.standardize(x, torch.randn(20, 1))
+    assert model.x_scale[1] == 1.0 and bool(model.standardized)
+    with pytest.raises(InputError, match="constant"):
+        MDN(2, 1, hidden=(4,)).standardize(x, torch.ones(20, 1))
+
+
+def test_mdn_shape_errors_name_the_remedy():
+    model = MDN(1, 1, hidden=(4,))
+    with pytest.raises(InputError, match=r"unsqueeze\(-1\)"):
+        model(torch.zeros(5))
+    with pytest.raises(InputError, match=r"\(\.\.\., 1\)"):
+        model(torch.zeros(5, 3))
+    with pytest.raises(InputError, match="y must have shape"):
+        model.log_prob(torch.zeros(5, 1), torch.zeros(5, 2))
+    with pytest.raises(InputError, match="feature_names"):
+        MDN(2, 1, feature_names=["a"])
+
+
+def test_mdn_config_round_trip():
+    model = MDN(
+        3,
+        2,
+        n_components=4,
+        hidden=(8, 6),
+        covariance="full",
+        activation="silu",
+        min_scale=0.01,
+        feature_names=["a", "b", "c"],
+        target_names=["u", "v"],
+    )
+    clone = MDN(**model.config())
+    assert clone.config() == model.config()
+    assert sum(p.numel() for p in clone.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_mdn_works_in_float64():
+    model = MDN(2, 2, n_components=3, hidden=(8,), covariance="full").double()
+    lp = model.log_prob(
+        torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    )
+    assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
+    assert math.isfinite(lp.sum().item())
+
+
+# ---- targets recorded on a grid: target_resolution
+
+
+def test_target_resolution_detects_grids_and_leaves_continuous_columns_alone():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(3, 9, (500,), generator=gen).float()  # 0-10 style scores
+    cents = (torch.rand(500, generator=gen) * 5).mul(10).round().div(10)  # 0.1 steps, repeats
+    continuous = torch.randn(500, generator=gen)
+    res = torchmdn_target_resolution(torch.stack([scores, cents, continuous], 1))
+    assert res[0] == 1.0
+    assert abs(res[1] - 0.1) < 1e-6
+    assert res[2] == 0.0
+    # two distinct values in 4 rows: a binary target, resolution = the gap
+    assert torchmdn_target_resolution(torch.tensor([[0.0], [2.0], [2.0], [0.0]]))[0] == 2.0
+    # all distinct: continuous, however few rows
+    assert torchmdn_target_resolution(torch.tensor([[0.0], [1.0], [2.0]]))[0] == 0.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_standardize_floors_scales_of_a_grid_target_at_step_over_sqrt12(kind):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 2, generator=gen)
+    y = torch.stack(
+        [torch.randint(0, 4, (400,), generator=gen).float() * 2.0, torch.randn(400, generator=gen)],
+        1,
+    )  # column 0 on a grid of step 2, column 1 continuous
+    model = MDN(2, 2, n_components=3, covariance=kind).standardize(x, y)
+    want0 = 2.0 / math.sqrt(12) / model.y_scale[0]
+    torch.testing.assert_close(model.head.scale_floor, torch.stack([want0, torch.tensor(1e-3)]))
+    with torch.no_grad():
+        model.head.linear.weight.zero_()
+        model.head.linear.bias.fill_(-1e4)  # every scale on its floor
+    # user units: every component's sd of column 0 sits exactly on step / sqrt(12) (for
+    # "full", column 0 comes first in the Cholesky factor, so its sd is the factor's floor)
+    comp = model(x[:5]).to_torch().component_distribution
+    sd0 = comp.variance[..., 0].sqrt()
+    torch.testing.assert_close(sd0, torch.full((5, 3), 2.0 / math.sqrt(12)))
+    if kind == "diagonal":  # the continuous column keeps the plain floor
+        torch.testing.assert_close(
+            comp.variance[..., 1].sqrt(), torch.full((5, 3), 1e-3) * model.y_scale[1]
+        )
+
+
+def test_target_resolution_none_or_explicit_and_bad_values():
+    x, y = torch.randn(100, 1), torch.randint(0, 3, (100, 1)).float()
+    off = MDN(1, 1, target_resolution=None).standardize(x, y)
+    torch.testing.assert_close(off.head.scale_floor, torch.tensor([1e-3]))
+    fixed = MDN(1, 1, target_resolution=0.5).standardize(x, y)
+    torch.testing.assert_close(
+        fixed.head.scale_floor * fixed.y_scale, torch.tensor([0.5 / math.sqrt(12)])
+    )
+    for bad in (-1.0, float("nan"), "grid", [1.0, 2.0], True):
+        with pytest.raises(InputError, match="target_resolution"):
+            MDN(1, 1, target_resolution=bad)
+
+
+def test_normaliser_rules_are_shared_by_mdn_mdnrnn_and_the_mse_baseline():
+    from torchmdn import MDNRNN
+    from torchmdn.apps.speech.model import MSEBaseline
+
+    x = torch.randn(50, 2)
+    x[:, 1] = 3.0  # a constant input column: scale 1
+    y = torch.stack([torch.randn(50), torch.full((50,), 7.0)], 1)  # target column 1 constant
+    for model, args, where in (
+        (MDN(2, 2), (x, y), r"\(or have one row\)"),
+        (MDNRNN(2, 2, 2, hidden_size=4), (x[None], y[None]), "on the real steps"),
+        (MSEBaseline(2, 2, hidden=(4,)), (x, y), "MSEBaseline"),
+    ):
+        with pytest.raises(InputError, match=r"target column\(s\) \[1\] are constant.*" + where):
+            model.standardize(*args)
+        assert not bool(model.standardized)
+        y_ok = y.clone()
+        y_ok[:, 1] = torch.randn(50)
+        model.standardize(*(args[0], y_ok[None] if args[1].dim() == 3 else y_ok))
+        assert bool(model.standardized) and model.x_scale[1] == 1.0 and model.x_loc[1] == 3.0
+    with pytest.raises(InputError, match=r"\[0\] are constant or not finite"):
+        MDN(1, 1).set_normalizers(
+            torch.zeros(1), torch.ones(1), torch.zeros(1), torch.tensor([math.inf])
+        )
