@@ -49,7 +49,7 @@ def train(model, data, val, seed, epochs, batch_size):
 def make(in_features, n, seed, hidden):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MDNRNN(in_features, 2, n, hidden_size=hidden, covariance="full")
+        return MDNRNN(in_features, 2, n, hidden_size=hidden, covariance_type="full")
 
 
 def stepwise_gap(model, x, y) -> tuple[float, float]:

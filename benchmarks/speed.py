@@ -194,7 +194,7 @@ def full_user_cases(B: int, K: int, D: int, gen):
 def full_head_cases(B: int, K: int, D: int, gen, features: int = 64):
     """From the raw outputs of one Linear layer to the loss (the head's own path)."""
     torch.manual_seed(0)
-    head = MDNHead(features, D, K, covariance="full")
+    head = MDNHead(features, D, K, covariance_type="full")
     h = torch.randn(B, features, generator=gen)
     y = torch.randn(B, D, generator=gen)
     params = tuple(head.parameters())

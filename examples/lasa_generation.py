@@ -31,7 +31,7 @@ def main() -> None:
     x, y = x.view(6, 7, *x.shape[1:]), y.view(6, 7, *y.shape[1:])
 
     torch.manual_seed(args.seed)
-    model = torchmdn.MDNRNN(4, 2, n_components=5, hidden_size=64, covariance="full")
+    model = torchmdn.MDNRNN(4, 2, n_components=5, hidden_size=64, covariance_type="full")
     torchmdn.fit_sequences(
         model, x[:, :6].flatten(0, 1), y[:, :6].flatten(0, 1),
         max_epochs=150, batch_size=8, lr=3e-3, random_state=args.seed, validation_fraction=0.15,

@@ -221,7 +221,7 @@ def test_multi_target_full_covariance(tmp_path, data, capsys):
         == 0
     )
     m = torchmdn.load(model)
-    assert m.config()["covariance"] == "full"
+    assert m.config()["covariance_type"] == "full"
     assert m.target_names == ["y", "z"]
     assert m.feature_names == ["x1", "x2"]
 

@@ -31,7 +31,7 @@ TOL = 1e-5
 def _model(covariance: str, d: int, seed: int = 0) -> MDN:
     """A small model with non-trivial weights and standardisation (float32)."""
     g = torch.Generator().manual_seed(seed)
-    model = MDN(4, d, n_components=3, hidden=(16, 16), covariance=covariance)
+    model = MDN(4, d, n_components=3, hidden=(16, 16), covariance_type=covariance)
     x = torch.randn(256, 4, generator=g) * 2.0 + 1.0
     y = torch.randn(256, d, generator=g) * 1.5 - 2.0
     model.standardize(x, y)

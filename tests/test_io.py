@@ -19,7 +19,7 @@ from torchmdn.errors import ModelFileError, TorchMDNError
 
 def _tiny(d: int = 1, covariance: str = "diagonal", seed: int = 0, **kw) -> MDN:
     torch.manual_seed(seed)
-    return MDN(2, d, n_components=2, hidden=(8,), covariance=covariance, **kw)
+    return MDN(2, d, n_components=2, hidden=(8,), covariance_type=covariance, **kw)
 
 
 def _data(d: int = 1, rows: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +53,7 @@ def test_round_trip_gives_identical_log_prob(tmp_path, covariance, d):
         assert torch.equal(loaded.log_prob(x, y), model.log_prob(x, y))
         assert torch.equal(loaded(x).mean, model(x).mean)
     assert loaded.config() == model.config()
-    assert loaded.config()["covariance"] == covariance
+    assert loaded.config()["covariance_type"] == covariance
     assert loaded.out_features == d
 
 
@@ -81,7 +81,7 @@ def test_config_and_column_names_preserved(tmp_path):
         2,
         n_components=3,
         hidden=(8, 4),
-        covariance="full",
+        covariance_type="full",
         activation="relu",
         min_scale=0.01,
         feature_names=["age", "höhe"],
@@ -302,7 +302,7 @@ def test_invalid_config(saved, tmp_path):
     path = _rewrite(
         saved,
         tmp_path / "cfg.safetensors",
-        edit_header=lambda h: h["config"].update(covariance="banana"),
+        edit_header=lambda h: h["config"].update(covariance_type="banana"),
     )
     with pytest.raises(ModelFileError, match="config"):
         load(path)
@@ -427,3 +427,19 @@ def test_file_from_before_the_per_dimension_floor_still_loads(tmp_path):
     x, y = _data(1)
     with torch.no_grad():
         torch.testing.assert_close(old.log_prob(x, y), model.log_prob(x, y))
+
+
+def test_files_written_with_the_old_covariance_key_load(tmp_path):
+    """Files from before the config said ``covariance_type`` name it ``covariance``."""
+    model = MDN(2, 2, n_components=3, covariance_type="full", hidden=(8,))
+    path = torchmdn.save(model, tmp_path / "new.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["torchmdn"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    config = header["config"]
+    config["covariance"] = config.pop("covariance_type")
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"torchmdn": json.dumps(header)})
+    old = torchmdn.load(tmp_path / "old.safetensors")
+    assert old.head.covariance_type == "full"
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(old(x).mean, model.eval()(x).mean)

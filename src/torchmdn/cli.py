@@ -175,7 +175,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             len(targets),
             n_components=args.components,
             hidden=hidden,
-            covariance=args.covariance,
+            covariance_type=args.covariance,
             feature_names=features,
             target_names=targets,
         )

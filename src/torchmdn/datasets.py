@@ -144,7 +144,7 @@ def stress_problems(seed: int = 0) -> dict[str, dict[str, Any]]:
     a = torch.randn(10, 10, generator=g, dtype=torch.float64) / 10**0.5
     z = torch.randn(2000, 10, generator=g, dtype=torch.float64)
     y10 = torch.sin(2 * x[:, :1]) * torch.ones(10, dtype=torch.float64) + 0.3 * z @ a.T
-    out["d = 10, full covariance"] = split(x, y10, 500, covariance="full", n_components=5)
+    out["d = 10, full covariance"] = split(x, y10, 500, covariance_type="full", n_components=5)
     x, y = base(1500)
     out["input column x 1e5"] = split(x * torch.tensor([1e5, 1.0], dtype=torch.float64), y, 500)
     return out

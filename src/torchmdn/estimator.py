@@ -265,7 +265,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 self.n_outputs_,
                 n_components=self.n_components,
                 hidden=tuple(self.hidden_layer_sizes),
-                covariance=_COVARIANCES[self.covariance_type],
+                covariance_type=_COVARIANCES[self.covariance_type],
                 activation=self.activation,
                 min_scale=self.min_scale,
                 target_resolution=self.target_resolution,

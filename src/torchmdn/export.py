@@ -58,7 +58,7 @@ def _require(module: str) -> Any:
 
 def output_names(model: MDN) -> list[str]:
     """Names of the exported parameter outputs: logits, loc, then scale or scale_tril."""
-    last = "scale_tril" if model.head.covariance == "full" else "scale"
+    last = "scale_tril" if model.head.covariance_type == "full" else "scale"
     return ["logits", "loc", last]
 
 
@@ -98,7 +98,7 @@ class _Parameters(nn.Module):
             # the head gives the precision factor A = L⁻¹ in standardised units; in user units
             # it is A diag(1/y_scale) (as GaussianMixture.affine computes it), inverted here
             # the way model(x).scale_tril inverts it: forward substitution
-            tril = _tril_inverse_unrolled(gm._prec_tril / m.y_scale)
+            tril = _tril_inverse_unrolled(gm.precision_tril / m.y_scale)
             return gm.logits, loc, tril
         scale = gm.scale
         if gm.covariance_type == "isotropic":

@@ -118,7 +118,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     if cls is None:
         raise ModelFileError(f"{path}: unknown model class {header.get('class')!r}")
     try:
-        model = cls(**header["config"])
+        model = cls(**_upgrade_config(header["config"]))
     except (TypeError, KeyError, ValueError) as err:
         raise ModelFileError(f"{path}: invalid model config ({err})") from err
     tensors = upgrade_state(model, load_file(str(path), device=str(map_location)))
@@ -132,6 +132,14 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         )
     model.metadata = header.get("metadata", {})
     return model.to(map_location).eval()
+
+
+def _upgrade_config(config: Any) -> Any:
+    """A model config from an older torchmdn in today's vocabulary (``covariance`` was the
+    name of ``covariance_type``)."""
+    if isinstance(config, dict) and "covariance" in config and "covariance_type" not in config:
+        config = {("covariance_type" if k == "covariance" else k): v for k, v in config.items()}
+    return config
 
 
 def upgrade_state(model: torch.nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ KINDS = ("diagonal", "isotropic", "full")
 @pytest.mark.parametrize("d", [1, 3])
 @pytest.mark.parametrize("n", [1, 4])
 def test_head_shapes_and_every_parameter_gets_a_gradient(kind, d, n):
-    head = MDNHead(5, d, n, covariance=kind)
+    head = MDNHead(5, d, n, covariance_type=kind)
     h = torch.randn(2, 7, 5)
     gm = head(h)
     assert isinstance(gm, GaussianMixture)
@@ -33,7 +33,7 @@ def test_head_shapes_and_every_parameter_gets_a_gradient(kind, d, n):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_min_scale_is_a_real_floor(kind):
-    head = MDNHead(3, 2, 2, covariance=kind, min_scale=0.05)
+    head = MDNHead(3, 2, 2, covariance_type=kind, min_scale=0.05)
     with torch.no_grad():
         head.linear.weight.zero_()
         head.linear.bias.fill_(-1e4)  # softplus -> 0: scales must sit exactly on the floor
@@ -47,7 +47,7 @@ def test_min_scale_is_a_real_floor(kind):
 
 
 def test_head_full_builds_valid_cholesky_factor():
-    head = MDNHead(4, 3, 2, covariance="full")
+    head = MDNHead(4, 3, 2, covariance_type="full")
     gm = head(torch.randn(6, 4))
     GaussianMixture(
         gm.logits, gm.loc, scale_tril=gm.scale_tril, validate_args=True
@@ -66,7 +66,10 @@ def test_head_initial_mixture_is_spread_with_equal_weights():
     "kwargs, match",
     [
         (dict(in_features=3, out_features=1, n_components=0), "n_components"),
-        (dict(in_features=3, out_features=1, n_components=2, covariance="banana"), "covariance"),
+        (
+            dict(in_features=3, out_features=1, n_components=2, covariance_type="banana"),
+            "covariance",
+        ),
         (dict(in_features=3, out_features=1, n_components=2, min_scale=-1.0), "min_scale"),
         (dict(in_features=0, out_features=1, n_components=2), "in_features"),
     ],
@@ -124,7 +127,7 @@ def test_mdn_config_round_trip():
         2,
         n_components=4,
         hidden=(8, 6),
-        covariance="full",
+        covariance_type="full",
         activation="silu",
         min_scale=0.01,
         feature_names=["a", "b", "c"],
@@ -136,7 +139,7 @@ def test_mdn_config_round_trip():
 
 
 def test_mdn_works_in_float64():
-    model = MDN(2, 2, n_components=3, hidden=(8,), covariance="full").double()
+    model = MDN(2, 2, n_components=3, hidden=(8,), covariance_type="full").double()
     lp = model.log_prob(
         torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
     )
@@ -170,7 +173,7 @@ def test_standardize_floors_scales_of_a_grid_target_at_step_over_sqrt12(kind):
         [torch.randint(0, 4, (400,), generator=gen).float() * 2.0, torch.randn(400, generator=gen)],
         1,
     )  # column 0 on a grid of step 2, column 1 continuous
-    model = MDN(2, 2, n_components=3, covariance=kind).standardize(x, y)
+    model = MDN(2, 2, n_components=3, covariance_type=kind).standardize(x, y)
     want0 = 2.0 / math.sqrt(12) / model.y_scale[0]
     torch.testing.assert_close(model.head.scale_floor, torch.stack([want0, torch.tensor(1e-3)]))
     with torch.no_grad():

@@ -30,16 +30,18 @@ def _data(b=4, t=6, in_f=3, d=2, pen=0, seed=0, dtype=torch.float64):
     return x, y
 
 
-def _model(in_f=3, d=2, n=3, pen=0, cell="lstm", covariance="full", dtype=torch.float64, **kw):
+def _model(in_f=3, d=2, n=3, pen=0, cell="lstm", covariance_type="full", dtype=torch.float64, **kw):
     torch.manual_seed(1)
-    m = MDNRNN(in_f, d, n, hidden_size=8, cell=cell, covariance=covariance, pen_states=pen, **kw)
+    m = MDNRNN(
+        in_f, d, n, hidden_size=8, cell=cell, covariance_type=covariance_type, pen_states=pen, **kw
+    )
     return m.to(dtype)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("covariance", ["full", "diagonal", "isotropic"])
 def test_shapes_and_state(cell, covariance):
-    m = _model(cell=cell, covariance=covariance, num_layers=2)
+    m = _model(cell=cell, covariance_type=covariance, num_layers=2)
     x, y = _data()
     mixture, state = m(x)
     assert mixture.batch_shape == (4, 6) and mixture.event_shape == (2,)
@@ -244,7 +246,7 @@ def test_fit_sequences_learns_and_respects_lengths(tmp_path):
     y_pad = y.clone()
     y_pad[~lengths_to_mask(lengths, 15)] = float("nan")  # padding may hold anything
     torch.manual_seed(0)
-    m = MDNRNN(2, 2, 2, hidden_size=16, covariance="diagonal")
+    m = MDNRNN(2, 2, 2, hidden_size=16, covariance_type="diagonal")
     ckpt = tmp_path / "run.ckpt"
     h = fit_sequences(
         m, x, y_pad, lengths, max_epochs=30, batch_size=16, lr=1e-2, random_state=0,
@@ -269,7 +271,7 @@ def test_fit_sequences_resumes_exactly(tmp_path):
 
     def new():
         torch.manual_seed(0)
-        return MDNRNN(2, 2, 2, hidden_size=8, covariance="diagonal")
+        return MDNRNN(2, 2, 2, hidden_size=8, covariance_type="diagonal")
 
     full = new()
     fit_sequences(full, x, y, max_epochs=4, **kw)

@@ -11,8 +11,8 @@ from torch.distributions import Distribution
 import torchmdn.distributions.mixture as tdist
 from torchmdn import GaussianMixture
 from torchmdn.nn.mdn import MDNHead
+from torchmdn.ops import fused, layout, reference
 from torchmdn.ops import kernel as kernels
-from torchmdn.ops import layout, reference
 
 F64 = torch.float64
 KINDS = ("diagonal", "isotropic", "full", "precision")
@@ -59,7 +59,7 @@ def build(kind, logits, loc, scale):
     if kind == "full":
         return GaussianMixture(logits, loc, scale_tril=scale, validate_args=False)
     if kind == "precision":
-        return GaussianMixture._from_precision_tril(logits, loc, scale, validate_args=False)
+        return GaussianMixture.from_precision_tril(logits, loc, scale, validate_args=False)
     return GaussianMixture(logits, loc, scale=scale, validate_args=False)
 
 
@@ -116,31 +116,31 @@ def test_fused_is_the_default_and_matches_joint_log_prob():
 
 def test_precision_factor_and_scale_tril_describe_the_same_mixture():
     logits, loc, prec = (t.detach() for t in params("precision", (4,), 3, 3))
-    gm = GaussianMixture._from_precision_tril(logits, loc, prec)
+    gm = GaussianMixture.from_precision_tril(logits, loc, prec)
     same = GaussianMixture(logits, loc, scale_tril=gm.scale_tril)  # lazily computed L = A⁻¹
     y = torch.randn(6, 4, 3, dtype=F64)
     torch.testing.assert_close(gm.log_prob(y), same.log_prob(y), rtol=1e-12, atol=0)
     torch.testing.assert_close(gm.log_prob(y), same.to_torch().log_prob(y), rtol=1e-10, atol=0)
     torch.testing.assert_close(gm.scale_tril @ prec, torch.eye(3, dtype=F64).expand(4, 3, 3, 3))
     # affine and expand keep the precision factor (no solve) and stay exact
-    gm = GaussianMixture._from_precision_tril(logits, loc, prec)
+    gm = GaussianMixture.from_precision_tril(logits, loc, prec)
     a, b = torch.tensor([2.0, -0.5, 3.0], dtype=F64), torch.tensor([1.0, 0.0, -1.0], dtype=F64)
     t = gm.affine(a, b)
-    assert t._scale_tril is None
+    assert "scale_tril" not in t.covariance.stored
     torch.testing.assert_close(
         t.log_prob(a * y + b), gm.log_prob(y) - a.abs().log().sum(), rtol=1e-12, atol=1e-12
     )
     e = gm.expand((2, 4))
-    assert e._scale_tril is None
+    assert "scale_tril" not in e.covariance.stored
     torch.testing.assert_close(e.log_prob(y[:2]), gm.log_prob(y[:2]))
 
 
 def test_full_head_log_det_is_consistent_with_its_floor():
-    head = MDNHead(3, 3, 2, covariance="full", min_scale=0.05).double()
+    head = MDNHead(3, 3, 2, covariance_type="full", min_scale=0.05).double()
     with torch.no_grad():
         head.linear.weight.normal_()
     gm = head(torch.randn(5, 3, dtype=F64))
-    assert gm._scale_tril is None  # the head's path needs no triangular solve
+    assert "scale_tril" not in gm.covariance.stored  # the head's path needs no triangular solve
     assert (gm.scale_tril.diagonal(dim1=-2, dim2=-1) >= 0.05).all()
     assert (gm.variance >= 0.05**2).all()
     y = torch.randn(5, 3, dtype=F64)
@@ -184,7 +184,7 @@ def test_torch_compile_head_and_loss_without_graph_breaks(covariance):
 
 def _compile_and_compare(covariance):
     torch._dynamo.reset()
-    head = MDNHead(4, 2, 3, covariance=covariance)
+    head = MDNHead(4, 2, 3, covariance_type=covariance)
 
     def loss(h, y):
         return -head(h).log_prob(y).mean()
@@ -220,7 +220,7 @@ def tril_params(value_shape, batch, tril_batch, n, d, dtype=F64, seed=0, upper=0
 @pytest.mark.parametrize("case", TRIL_CASES)
 def test_scale_tril_function_gradcheck_with_sample_and_batch_broadcasting(case, path):
     inputs = tril_params(*case, upper=1.0)
-    fn = tdist._fused.scale_tril_log_prob
+    fn = fused.scale_tril_log_prob
     shared_factor = case[1] != case[2]  # one L for the whole batch: tensor level only
     expected = backward_name(None if shared_factor else path, "_ScaleTrilLogProbBackward")
     assert fn(*inputs).grad_fn.name() == expected
@@ -236,7 +236,7 @@ def test_mixture_from_scale_tril_dispatches_to_the_scale_tril_function(path):
     logits, loc, tril, y = tril_params((5, 4, 3), (4,), (4,), 3, 3)
     gm = GaussianMixture(logits, loc, scale_tril=tril, validate_args=False)
     assert gm.log_prob(y).grad_fn.name() == backward_name(path, "_ScaleTrilLogProbBackward")
-    assert gm._prec_tril is None  # no inverse was formed
+    assert "precision_tril" not in gm.covariance.stored  # no inverse was formed
     gm.joint_log_prob(y)  # materialises the precision factor, which is then used
     assert gm.log_prob(y).grad_fn.name() == backward_name(path, "_TrilLogProbBackward")
     if path is not None:

@@ -288,7 +288,7 @@ def head_output(covariance, batch, n, d, dtype=F64, seed=0):
     from torchmdn.nn.mdn import MDNHead
 
     torch.manual_seed(seed)
-    head = MDNHead(6, d, n, covariance=covariance).to(dtype)
+    head = MDNHead(6, d, n, covariance_type=covariance).to(dtype)
     head.scale_floor.copy_(0.01 * torch.arange(1, d + 1, dtype=dtype))
     h = torch.randn(*batch, 6, dtype=dtype)
     out = head.linear(h)
@@ -304,11 +304,11 @@ def test_head_output_read_directly_equals_its_split_parameters(covariance, sampl
     head, out = head_output(covariance, batch, n, d)
     y = torch.randn(*sample, *batch, d, dtype=F64, requires_grad=True)
     floor = head.scale_floor if covariance != "isotropic" else head.scale_floor.max()[None]
-    direct = GaussianMixture._from_head(out, floor, covariance, n, d)
+    direct = GaussianMixture.from_head_output(out, floor, covariance, n, d)
     lp = direct.log_prob(y)
     assert lp.grad_fn.name() == "_HeadLogProbBackward"
     got = torch.autograd.grad(lp.sum(), (out, y))
-    split = GaussianMixture._from_head(out, floor, covariance, n, d)
+    split = GaussianMixture.from_head_output(out, floor, covariance, n, d)
     assert split.loc.shape == batch + (n, d)  # split off: log_prob then runs on them
     lp_split = split.log_prob(y)
     assert lp_split.grad_fn.name() != "_HeadLogProbBackward"
@@ -325,7 +325,7 @@ def test_head_path_gradcheck_and_second_order(covariance):
     y = torch.randn(2, 3, 2, dtype=F64, requires_grad=True)
 
     def fn(out, y):
-        return GaussianMixture._from_head(out, floor, covariance, 2, 2).log_prob(y)
+        return GaussianMixture.from_head_output(out, floor, covariance, 2, 2).log_prob(y)
 
     assert fn(out, y).grad_fn.name() == "_HeadLogProbBackward"
     assert torch.autograd.gradcheck(fn, (out, y))

@@ -479,7 +479,7 @@ def test_clip_grad_value_and_weight_decay_are_accepted():
 def test_mean_grad_scaling_of_a_full_covariance_head_scales_by_the_marginal_sds():
     torch.manual_seed(0)
     n, d = 2, 3
-    head = torchmdn.MDNHead(4, d, n, covariance="full").double()
+    head = torchmdn.MDNHead(4, d, n, covariance_type="full").double()
     h = torch.randn(1, 4, dtype=torch.float64)
     y = torch.randn(1, d, dtype=torch.float64)
     out = {}

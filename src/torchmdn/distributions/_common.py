@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-
 def dim(gm: GaussianMixture) -> int:
     return gm.loc.shape[-1]
 

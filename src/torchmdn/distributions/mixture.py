@@ -26,8 +26,9 @@ returns the mean of the most probable component; ``τ > 1`` spreads the samples 
 ``A = L⁻¹`` (``Σ⁻¹ = AᵀA``: one matmul, no solve per call). Half and bfloat16 mixtures are
 evaluated in float32, and ``log_prob``/``joint_log_prob`` return float32 for them.
 
-This module imports nothing from the rest of torchmdn except ``errors`` and ``fused`` (which
-imports only torch).
+The components' covariances live in one :class:`~torchmdn.distributions.covariance.Covariance`
+holder (``gm.covariance``), in the form they were given; the longer queries live in
+``queries``, ``hdr`` and ``modes`` beside this module.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ from torch.distributions import (
 )
 from torch.distributions.utils import lazy_property
 
-from .._math import LOG_2PI, tril_inverse
+from .._math import LOG_2PI
 from ..errors import InputError, InputTypeError
-from ..ops import fused as _fused
-from ..ops import layout
+from ..ops import fused, layout
+from .covariance import Covariance, at_least_float32
 
 __all__ = ["GaussianMixture"]
 
@@ -82,16 +83,6 @@ def _expand(t: Tensor, shape: torch.Size) -> Tensor:
     return t if t.shape == shape else t.expand(shape)
 
 
-def _at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """Promote to one floating dtype, at least float32 (half/bfloat16 accumulate in float32)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
-        dtype = torch.float32
-    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
-
-
 class GaussianMixture(Distribution):
     r"""A mixture of ``n`` Gaussians in ``R^d`` with diagonal, isotropic or full covariances.
 
@@ -115,12 +106,12 @@ class GaussianMixture(Distribution):
 
     has_rsample = False
     support = constraints.real_vector
-    # full covariances: the precision factor A = L⁻¹ (dense, built when first needed) and,
-    # for a head's output, its packed form (raw packing, floor) that log_prob reads directly
-    _prec: Tensor | None = None
-    # made by an MDN head (_from_head): its output (out, floor, n, d); the parameters are
-    # split off it only when something other than log_prob asks for them (__getattr__)
+    # made by an MDN head (from_head_output): its output (out, floor, n, d), read directly by
+    # log_prob; logits, loc and the covariances are split off it when anything else asks
     _head: tuple[Tensor, Tensor, int, int] | None = None
+    _logits: Tensor | None = None
+    _loc: Tensor | None = None
+    _covariance: Covariance | None = None
 
     def __init__(
         self,
@@ -185,14 +176,14 @@ class GaussianMixture(Distribution):
             ) from err
 
         self._kind = kind
-        self.logits = _expand(logits, batch_shape + (n,))
-        self.loc = _expand(loc, batch_shape + (n, d))
-        self.scale: Tensor | None = None
-        self.scale_tril: Tensor | None = None
+        self._logits = _expand(logits, batch_shape + (n,))
+        self._loc = _expand(loc, batch_shape + (n, d))
         if kind == _FULL:
-            self.scale_tril = _expand(scale_tril, batch_shape + (n, d, d))
+            tril = _expand(scale_tril, batch_shape + (n, d, d))
+            self._covariance = Covariance(kind, scale_tril=tril)
         else:
-            self.scale = _expand(scale, batch_shape + scale.shape[-trailing:])
+            scale = _expand(scale, batch_shape + scale.shape[-trailing:])
+            self._covariance = Covariance(kind, scale=scale)
         validate = Distribution._validate_args if validate_args is None else validate_args
         if validate:
             self._check_parameters()
@@ -270,93 +261,88 @@ class GaussianMixture(Distribution):
         return torch.log_softmax(self.logits, dim=-1)
 
     @classmethod
-    def _from_precision_tril(
+    def from_precision_tril(
         cls, logits: Tensor, loc: Tensor, precision_tril: Tensor, validate_args: bool | None = None
     ) -> GaussianMixture:
-        """Full covariances from lower-triangular precision factors ``A = L⁻¹``, ``Σ⁻¹ = AᵀA``.
+        """Full covariances from lower-triangular precision factors ``A = L⁻¹`` (``Σ⁻¹ = AᵀA``),
+        ``(*B, n, d, d)``, as ``MultivariateNormal(precision_matrix=...)`` but by its factor.
 
         ``log_prob`` then needs no triangular solve at all; ``scale_tril`` is computed (once)
         only when something asks for it. Shape checks and validation are those of ``scale_tril``
         (``A`` is lower triangular with a positive diagonal too).
         """
         gm = cls(logits, loc, scale_tril=precision_tril, validate_args=validate_args)
-        gm._prec_tril, gm._scale_tril = gm._scale_tril, None
+        gm._covariance = Covariance(_FULL, precision_tril=gm._covariance.scale_tril)
         return gm
 
     @classmethod
-    def _from_head(
-        cls, out: Tensor, floor: Tensor, covariance: str, n: int, d: int
+    def from_head_output(
+        cls, out: Tensor, floor: Tensor, covariance_type: str, n: int, d: int
     ) -> GaussianMixture:
         """The mixture in an MDN head's output ``out (*B, n + n d + s)`` (layout and ``floor``:
-        :func:`torchmdn.ops.layout.head_parameters`). ``log_prob`` reads ``out`` itself (the
-        compiled kernel: one pass, one gradient for the whole output); ``logits``, ``loc`` and
-        the scales are split off it on first use by anything else. Not validated (valid by
-        construction)."""
+        :mod:`torchmdn.ops.layout`). ``log_prob`` reads ``out`` itself (the compiled kernel:
+        one pass, one gradient for the whole output); ``logits``, ``loc`` and the covariances
+        are split off it on first use by anything else. Not validated (valid by construction).
+        """
         gm = cls.__new__(cls)
-        gm._kind, gm._head = covariance, (out, floor, n, d)
+        gm._kind, gm._head = covariance_type, (out, floor, n, d)
         Distribution.__init__(gm, out.shape[:-1], torch.Size((d,)), validate_args=False)
         return gm
 
-    def __getattr__(self, name: str):
-        # only reached for attributes not set: the parameters of a mixture made by _from_head
-        head = self.__dict__.get("_head")
-        if head is None or name not in ("logits", "loc", "scale", "_scale_tril", "_packed"):
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-        out, floor, n, d = head
-        self.logits, self.loc, scale = layout.head_parameters(
+    def _split_head(self) -> None:
+        """Split a head's output into logits, loc and the covariances (once)."""
+        out, floor, n, d = self._head
+        self._logits, self._loc, scale = layout.head_parameters(
             out, floor, layout.HEAD_KINDS[self._kind], n, d
         )
         if self._kind == _FULL:
-            self.scale, self._scale_tril, self._packed = None, None, (scale, floor)
+            self._covariance = Covariance(_FULL, packed=(scale, floor))
         else:
-            self.scale, self._scale_tril, self._packed = scale, None, None
-        return getattr(self, name)
+            self._covariance = Covariance(self._kind, scale=scale)
 
     @property
-    def _prec_tril(self) -> Tensor | None:
-        if self._prec is None and self._packed is not None:
-            self._prec = layout.unpack_precision(*self._packed)
-        return self._prec
+    def logits(self) -> Tensor:
+        """Unnormalised log mixture weights, ``(*B, n)``."""
+        if self._logits is None:
+            self._split_head()
+        return self._logits
 
-    @_prec_tril.setter
-    def _prec_tril(self, value: Tensor | None) -> None:
-        self._prec = value
+    @property
+    def loc(self) -> Tensor:
+        """Component means, ``(*B, n, d)``."""
+        if self._loc is None:
+            self._split_head()
+        return self._loc
+
+    @property
+    def covariance(self) -> Covariance:
+        """The components' covariances, in the forms held (see :class:`Covariance`)."""
+        if self._covariance is None:
+            self._split_head()
+        return self._covariance
+
+    @property
+    def scale(self) -> Tensor | None:
+        """Standard deviations, ``(*B, n, d)`` diagonal or ``(*B, n)`` isotropic; ``None`` for
+        full covariances."""
+        return self.covariance.scale
 
     @property
     def scale_tril(self) -> Tensor | None:
         """Lower-triangular Cholesky factors ``L`` of the covariances, ``(*B, n, d, d)``
         (``None`` unless the covariance is full)."""
-        if self._scale_tril is None and getattr(self, "_prec_tril", None) is not None:
-            self._scale_tril = tril_inverse(self._prec_tril)
-        return self._scale_tril
-
-    @scale_tril.setter
-    def scale_tril(self, value: Tensor | None) -> None:
-        self._scale_tril, self._prec, self._packed = value, None, None
-
-    def _eval_precision(self) -> Tensor:
-        # a half/bfloat16 factor is inverted in float32 and kept there (no rounding back)
-        if self._prec_tril is None and torch.finfo(self._scale_tril.dtype).bits < 32:
-            return tril_inverse(self._scale_tril.float())
-        return self._inv_tril
+        return self.covariance.scale_tril
 
     @property
-    def _inv_tril(self) -> Tensor:
-        # A = L⁻¹ (lower triangular): the quadratic form is one matmul, no solve per call.
-        if self._prec_tril is None:
-            self._prec_tril = tril_inverse(self._scale_tril)
-        return self._prec_tril
+    def precision_tril(self) -> Tensor | None:
+        """Lower-triangular precision factors ``A = L⁻¹`` (``Σ⁻¹ = AᵀA``), ``(*B, n, d, d)``
+        (``None`` unless the covariance is full)."""
+        return self.covariance.precision_tril
 
     @lazy_property
     def component_covariance(self) -> Tensor:
         """Covariance matrix of each component, ``(*B, n, d, d)``."""
-        if self._kind == _FULL:
-            return self.scale_tril @ self.scale_tril.mT
-        d = self.loc.shape[-1]
-        var = self.scale.square()
-        if self._kind == _ISOTROPIC:
-            var = var.unsqueeze(-1).expand(*var.shape, d)
-        return torch.diag_embed(var)
+        return self.covariance.matrices(self.event_shape[0])
 
     # ------------------------------------------------------------------ log density
 
@@ -371,28 +357,13 @@ class GaussianMixture(Distribution):
             self._validate_sample(value)
         if not _USE_FUSED:
             return self._log_prob_reference(value)
-        if self._head is not None and "logits" not in self.__dict__:
+        if self._head is not None and self._logits is None:
             # an MDN head's output, read as it is (once the parameters have been split off,
             # they are used instead: gradients then reach the tensors the caller holds)
             out, floor, n, _ = self._head
-            out, value = _at_least_float32(out, value)
-            return _fused.head_log_prob(out, floor, layout.HEAD_KINDS[self._kind], n, value)
-        if self._kind == _FULL:
-            if self._packed is not None and self._prec is None:  # an MDN head's output
-                packed, floor = self._packed
-                logits, loc, packed, value = _at_least_float32(self.logits, self.loc, packed, value)
-                return _fused.packed_log_prob(logits, loc, packed, floor, value)
-            if self._prec_tril is None:  # from scale_tril: substitution on L, no inverse
-                logits, loc, tril, value = _at_least_float32(
-                    self.logits, self.loc, self._scale_tril, value
-                )
-                return _fused.scale_tril_log_prob(logits, loc, tril, value)
-            logits, loc, prec, value = _at_least_float32(
-                self.logits, self.loc, self._eval_precision(), value
-            )
-            return _fused.tril_log_prob(logits, loc, prec, value)
-        logits, loc, scale, value = _at_least_float32(self.logits, self.loc, self.scale, value)
-        return _fused.diag_log_prob(logits, loc, scale, value, self._kind == _ISOTROPIC)
+            out, value = at_least_float32(out, value)
+            return fused.head_log_prob(out, floor, layout.HEAD_KINDS[self._kind], n, value)
+        return self.covariance.log_prob(self.logits, self.loc, value)
 
     def _log_prob_reference(self, value: Tensor) -> Tensor:
         """``log_prob`` by plain autograd (the reference for the fused path)."""
@@ -408,11 +379,11 @@ class GaussianMixture(Distribution):
             self._validate_sample(value)
         d = self.loc.shape[-1]
         if self._kind == _FULL:
-            logits, loc, scale, value = _at_least_float32(
-                self.logits, self.loc, self._eval_precision(), value
+            logits, loc, scale, value = at_least_float32(
+                self.logits, self.loc, self.covariance.precision_for_eval(), value
             )
         else:
-            logits, loc, scale, value = _at_least_float32(self.logits, self.loc, self.scale, value)
+            logits, loc, scale, value = at_least_float32(self.logits, self.loc, self.scale, value)
         log_weights = self.log_weights if logits is self.logits else logits.log_softmax(-1)
         diff = value.unsqueeze(-2) - loc  # [*S, *B, n, d]
         if self._kind == _DIAGONAL:
@@ -439,12 +410,7 @@ class GaussianMixture(Distribution):
     def variance(self) -> Tensor:
         """Marginal variances by the law of total variance, ``(*B, d)``."""
         dev = self.loc - self.mean.unsqueeze(-2)  # [*B, n, d]
-        if self._kind == _FULL:
-            comp_var = self.scale_tril.square().sum(-1)  # diag(L Lᵀ)
-        elif self._kind == _ISOTROPIC:
-            comp_var = self.scale.square().unsqueeze(-1)
-        else:
-            comp_var = self.scale.square()
+        comp_var = self.covariance.component_variances(self.event_shape[0])  # [*B, n, d]
         return (self.probs.unsqueeze(-1) * (comp_var + dev.square())).sum(-2)
 
     @property
@@ -640,10 +606,10 @@ class GaussianMixture(Distribution):
         loc = self.loc * a.unsqueeze(-2) + (b.unsqueeze(-2) if b.dim() else b)
         if self._kind == _FULL:
             a_full = a.expand(a.shape[:-1] + self.loc.shape[-1:])
-            if self._scale_tril is None:  # only the precision factor A = L⁻¹: stay solve-free
+            if "scale_tril" not in self.covariance.stored:  # only A = L⁻¹: stay solve-free
                 # (D L S)⁻¹ = S A D⁻¹ for D = diag(a), S = diag(sign a)
-                prec = self._prec_tril * a_full.sign().unsqueeze(-1) / a_full.unsqueeze(-2)
-                return GaussianMixture._from_precision_tril(
+                prec = self.precision_tril * a_full.sign().unsqueeze(-1) / a_full.unsqueeze(-2)
+                return GaussianMixture.from_precision_tril(
                     self.logits, loc, prec, validate_args=self._validate_args
                 )
             # rows scaled by a, columns by sign(a): a Cholesky factor of diag(a) Σ diag(a)
@@ -661,17 +627,9 @@ class GaussianMixture(Distribution):
         batch_shape = torch.Size(batch_shape)
         n, d = self.loc.shape[-2:]
         new._kind = self._kind
-        new.logits = self.logits.expand(batch_shape + (n,))
-        new.loc = self.loc.expand(batch_shape + (n, d))
-        new.scale = (
-            None
-            if self.scale is None
-            else self.scale.expand(batch_shape + self.scale.shape[len(self.batch_shape) :])
-        )
-        full = batch_shape + (n, d, d)
-        new.scale_tril = None if self._scale_tril is None else self._scale_tril.expand(full)
-        if self._prec_tril is not None:  # keep the precision factor: no solve needed
-            new._prec_tril = self._prec_tril.expand(full)
+        new._logits = self.logits.expand(batch_shape + (n,))
+        new._loc = self.loc.expand(batch_shape + (n, d))
+        new._covariance = self.covariance.expand(batch_shape)
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -679,5 +637,5 @@ class GaussianMixture(Distribution):
     def __repr__(self) -> str:
         return (
             f"GaussianMixture(batch_shape={tuple(self.batch_shape)}, n_components="
-            f"{self.n_components}, d={self.event_shape[0]}, covariance={self._kind!r})"
+            f"{self.n_components}, d={self.event_shape[0]}, covariance_type={self._kind!r})"
         )

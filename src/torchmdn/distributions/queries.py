@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 
-
 class MonteCarloEstimate(NamedTuple):
     """A Monte Carlo estimate and its standard error (both ``(*B,)``)."""
 

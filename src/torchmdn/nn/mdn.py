@@ -140,7 +140,7 @@ class MDNHead(nn.Module):
         in_features: size of the feature vector.
         out_features: dimension ``d`` of the target.
         n_components: number of mixture components ``n``.
-        covariance: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
+        covariance_type: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
         min_scale: the floor on standard deviations (``1e-3`` in standardised units matches
             scikit-learn's ``reg_covar=1e-6`` on variances).
     """
@@ -150,12 +150,14 @@ class MDNHead(nn.Module):
         in_features: int,
         out_features: int,
         n_components: int,
-        covariance: str = "diagonal",
+        covariance_type: str = "diagonal",
         min_scale: float = 1e-3,
     ) -> None:
         super().__init__()
-        if covariance not in COVARIANCES:
-            raise InputError(f"covariance must be one of {COVARIANCES}; got {covariance!r}")
+        if covariance_type not in COVARIANCES:
+            raise InputError(
+                f"covariance_type must be one of {COVARIANCES}; got {covariance_type!r}"
+            )
         if not (
             isinstance(min_scale, (int, float)) and math.isfinite(min_scale) and min_scale >= 0
         ):
@@ -163,17 +165,17 @@ class MDNHead(nn.Module):
         self.in_features = _check_positive_int("in_features", in_features)
         self.out_features = d = _check_positive_int("out_features", out_features)
         self.n_components = n = _check_positive_int("n_components", n_components)
-        self.covariance = covariance
+        self.covariance_type = covariance_type
         self.min_scale = float(min_scale)
         #: per-dimension floor on standard deviations (>= min_scale); MDN.standardize raises it
         #: to the resolution of a target recorded on a grid (see MDN's ``target_resolution``)
         self.register_buffer("scale_floor", torch.full((d,), self.min_scale))
-        n_scale = {"diagonal": n * d, "isotropic": n, "full": n * d * (d + 1) // 2}[covariance]
+        n_scale = {"diagonal": n * d, "isotropic": n, "full": n * d * (d + 1) // 2}[covariance_type]
         self._split = [n, n * d, n_scale]
         self.linear = nn.Linear(in_features, sum(self._split))
         #: scale the gradient reaching each mean by its component's σ (RNADE); set by fit()
         self.mean_grad_scaling = False
-        if covariance == "full":
+        if covariance_type == "full":
             rows, cols = torch.tril_indices(d, d)
             self.register_buffer("_tril_is_diag", rows == cols, persistent=False)
         self.reset_parameters()
@@ -190,7 +192,7 @@ class MDNHead(nn.Module):
             spread = torch.linspace(-1.5, 1.5, n) if n > 1 else torch.zeros(1)
             loc_b.copy_(spread.repeat_interleave(d))
             unit = _softplus_inverse(torch.tensor(max(1.0 - self.min_scale, 1e-3)))
-            if self.covariance == "full":
+            if self.covariance_type == "full":
                 scale_b.zero_()
                 scale_b.view(n, -1)[:, self._tril_is_diag] = unit
             else:
@@ -219,13 +221,13 @@ class MDNHead(nn.Module):
         bias[k] = logit
         bias[n + k * d : n + (k + 1) * d] = loc
         floor = self.scale_floor
-        if self.covariance == "isotropic":  # one scale: the RMS of the d wanted ones
+        if self.covariance_type == "isotropic":  # one scale: the RMS of the d wanted ones
             scale, floor = scale.square().mean().sqrt(), floor.max()
         raw = _softplus_inverse((scale - floor).clamp_min(1e-4))
         start = n + n * d
-        if self.covariance == "diagonal":
+        if self.covariance_type == "diagonal":
             bias[start + k * d : start + (k + 1) * d] = raw
-        elif self.covariance == "isotropic":
+        elif self.covariance_type == "isotropic":
             bias[start + k] = raw
         else:
             m = self._split[2] // n
@@ -276,25 +278,29 @@ class MDNHead(nn.Module):
         """Map features ``(*, in_features)`` to a GaussianMixture with batch shape ``*``."""
         n, d = self.n_components, self.out_features
         out = self.linear(h)
-        kind = HEAD_KINDS[self.covariance]
-        floor = self.scale_floor if self.covariance != "isotropic" else self.scale_floor.max()[None]
+        kind = HEAD_KINDS[self.covariance_type]
+        floor = (
+            self.scale_floor
+            if self.covariance_type != "isotropic"
+            else self.scale_floor.max()[None]
+        )
         if not self.mean_grad_scaling:  # log_prob reads the output as it is
-            return GaussianMixture._from_head(out, floor, self.covariance, n, d)
+            return GaussianMixture.from_head_output(out, floor, self.covariance_type, n, d)
         logits, loc, scale = head_parameters(out, floor, kind, n, d)
-        if self.covariance == "full":
+        if self.covariance_type == "full":
             prec = unpack_precision(scale, floor)
             with torch.no_grad():  # per-dimension standard deviations: rows of L = A⁻¹
                 eye = torch.eye(d, dtype=prec.dtype, device=prec.device)
                 sd = torch.linalg.solve_triangular(prec, eye, upper=False).norm(dim=-1)
             loc = _scale_grad(loc, sd)
-            return GaussianMixture._from_precision_tril(logits, loc, prec, validate_args=False)
-        loc = _scale_grad(loc, scale if self.covariance == "diagonal" else scale.unsqueeze(-1))
+            return GaussianMixture.from_precision_tril(logits, loc, prec, validate_args=False)
+        loc = _scale_grad(loc, scale if self.covariance_type == "diagonal" else scale.unsqueeze(-1))
         return GaussianMixture(logits, loc, scale=scale, validate_args=False)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"n_components={self.n_components}, covariance={self.covariance!r}, "
+            f"n_components={self.n_components}, covariance_type={self.covariance_type!r}, "
             f"min_scale={self.min_scale}"
         )
 
@@ -310,7 +316,7 @@ class MDN(nn.Module):
         out_features: dimension of the target ``y``.
         n_components: number of mixture components.
         hidden: widths of the hidden layers.
-        covariance: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
+        covariance_type: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
         activation: ``"tanh"``, ``"relu"``, ``"silu"`` or ``"gelu"``.
         min_scale: floor on the standard deviations, in standardised units of y.
         target_resolution: the resolution ``h`` at which y is recorded (a number or one per
@@ -336,7 +342,7 @@ class MDN(nn.Module):
         out_features: int,
         n_components: int = 5,
         hidden: Sequence[int] = (128, 128),
-        covariance: str = "diagonal",
+        covariance_type: str = "diagonal",
         activation: str = "silu",
         min_scale: float = 1e-3,
         target_resolution: str | float | Sequence[float] | None = "auto",
@@ -347,7 +353,7 @@ class MDN(nn.Module):
         self.target_resolution = self._check_resolution(target_resolution, out_features)
         self.backbone = MLP(in_features, tuple(hidden), activation)
         self.head = MDNHead(
-            self.backbone.out_features, out_features, n_components, covariance, min_scale
+            self.backbone.out_features, out_features, n_components, covariance_type, min_scale
         )
         self.in_features, self.out_features = in_features, out_features
         self.feature_names = None if feature_names is None else [str(c) for c in feature_names]
@@ -376,7 +382,7 @@ class MDN(nn.Module):
             "out_features": self.out_features,
             "n_components": self.head.n_components,
             "hidden": [m.out_features for m in linears],
-            "covariance": self.head.covariance,
+            "covariance_type": self.head.covariance_type,
             "activation": act,
             "min_scale": self.head.min_scale,
             "target_resolution": self.target_resolution,

@@ -7,7 +7,7 @@ At every time step ``t`` the network reads ``x_t`` and predicts the distribution
     p(y_{1:T} | x_{1:T}) = \prod_t p(y_t | h_t), \qquad h_t = \mathrm{RNN}(x_t, h_{t-1}),
 
 with ``p(y_t | h_t)`` a :class:`~torchmdn.GaussianMixture` (Graves 2013: a mixture of correlated
-bivariate Gaussians is ``covariance="full"`` with ``d = 2``), optionally times the probability
+bivariate Gaussians is ``covariance_type="full"`` with ``d = 2``), optionally times the probability
 of a discrete pen state (Graves' end-of-stroke Bernoulli, or Sketch-RNN's categorical pen
 states; Ha & Eck 2017). For autoregressive use ``x_t`` holds ``y_{t-1}`` (and any conditioning).
 
@@ -195,7 +195,7 @@ class MDNRNN(nn.Module):
         hidden_size: width of the recurrent state.
         num_layers: stacked recurrent layers.
         cell: ``"lstm"`` or ``"gru"``.
-        covariance: ``"full"`` (correlated Gaussians, the default), ``"diagonal"`` or
+        covariance_type: ``"full"`` (correlated Gaussians, the default), ``"diagonal"`` or
             ``"isotropic"``.
         min_scale: floor on standard deviations, in standardised units of ``y``.
         pen_states: ``0`` (no pen state), ``2`` (end-of-stroke Bernoulli) or ``k >= 3``
@@ -218,7 +218,7 @@ class MDNRNN(nn.Module):
         hidden_size: int = 128,
         num_layers: int = 1,
         cell: str = "lstm",
-        covariance: str = "full",
+        covariance_type: str = "full",
         min_scale: float = 1e-3,
         pen_states: int = 0,
         dropout: float = 0.0,
@@ -226,8 +226,10 @@ class MDNRNN(nn.Module):
         super().__init__()
         if cell not in CELLS:
             raise InputError(f"cell must be one of {sorted(CELLS)}; got {cell!r}")
-        if covariance not in COVARIANCES:
-            raise InputError(f"covariance must be one of {COVARIANCES}; got {covariance!r}")
+        if covariance_type not in COVARIANCES:
+            raise InputError(
+                f"covariance_type must be one of {COVARIANCES}; got {covariance_type!r}"
+            )
         if pen_states != 0:
             _check_int("pen_states", pen_states, 2)
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
@@ -240,7 +242,7 @@ class MDNRNN(nn.Module):
         self.rnn = CELLS[cell](
             in_features, hidden_size, num_layers, batch_first=True, dropout=dropout
         )
-        self.head = MDNHead(hidden_size, out_features, n_components, covariance, min_scale)
+        self.head = MDNHead(hidden_size, out_features, n_components, covariance_type, min_scale)
         self.pen = PenStateHead(hidden_size, pen_states) if pen_states else None
         self.metadata: dict[str, Any] = {}
         self.register_buffer("x_loc", torch.zeros(in_features))
@@ -263,7 +265,7 @@ class MDNRNN(nn.Module):
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "cell": self.cell,
-            "covariance": self.head.covariance,
+            "covariance_type": self.head.covariance_type,
             "min_scale": self.head.min_scale,
             "pen_states": self.pen_states,
             "dropout": self.dropout,

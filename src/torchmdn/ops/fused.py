@@ -143,7 +143,9 @@ class _DiagLogProb(torch.autograd.Function):
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
             return reference.grads(
-                lambda *t: reference.diag_log_prob(*t, ctx.isotropic), (logits, loc, scale, value), g
+                lambda *t: reference.diag_log_prob(*t, ctx.isotropic),
+                (logits, loc, scale, value),
+                g,
             ) + (None,)
         gr, dlogits = _logits_and_responsibility_grads(g, ec, sc, e, s, logits.shape, need[0])
         dloc = dscale = dvalue = None

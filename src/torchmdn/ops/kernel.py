@@ -283,6 +283,7 @@ def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) 
 
 def _reference(kind: int, transposed: bool, P: int, floor: Tensor):
     """The plain-autograd function of the kernel's inputs (for double backward)."""
+
     def fn(logits: Tensor, loc: Tensor, fac: Tensor, value: Tensor) -> Tensor:
         value = value.view(-1, P, value.shape[-1])
         if kind in (DIAGONAL, ISOTROPIC):
@@ -298,6 +299,7 @@ def _reference(kind: int, transposed: bool, P: int, floor: Tensor):
 
 def _head_reference(kind: int, n: int, floor: Tensor):
     """The plain-autograd function of a head's output and the values (for double backward)."""
+
     def fn(out: Tensor, value: Tensor) -> Tensor:
         d = value.shape[-1]
         logits, loc, scale = head_parameters(out, floor, kind, n, d)
@@ -323,7 +325,6 @@ class _LogProb(torch.autograd.Function):
     def backward(ctx, g):
         logits, loc, fac, value, floor, r, p = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
-
             fn = _reference(ctx.kind, ctx.transposed, logits.shape[0], floor)
             inputs = (logits, loc, fac, value)
             return reference.grads(fn, inputs, g.reshape(-1, logits.shape[0])) + (None,) * 4
@@ -347,7 +348,6 @@ class _HeadLogProb(torch.autograd.Function):
     def backward(ctx, g):
         out, value, floor, r, p = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
-
             fn = _head_reference(ctx.kind, ctx.n, floor)
             return reference.grads(fn, (out, value), g.reshape(-1, out.shape[0])) + (None,) * 4
         grads = torch.ops.torchmdn.head_backward(

@@ -526,7 +526,7 @@ def _diagnose(model: nn.Module, xb: Tensor, yb: Tensor, rows: Tensor) -> str:
                 continue
             if any(p is q for q in head_params):
                 n, d = head.n_components, head.out_features
-                scale_name = "factor" if head.covariance == "full" else "scales"
+                scale_name = "factor" if head.covariance_type == "full" else "scales"
                 bounds = {
                     "mixture weights": (0, n),
                     "means": (n, n + n * d),

@@ -92,7 +92,7 @@ def _handwriting(
     x = _glyph_inputs(data, labels, n_chars)
     test = torch.arange(len(data)) % 10 == 0
     model = _seeded_model(
-        seed, 3 + n_chars, 2, 10, hidden_size=128, covariance="full", pen_states=3
+        seed, 3 + n_chars, 2, 10, hidden_size=128, covariance_type="full", pen_states=3
     )
     history = fit_sequences(
         model, x[~test], data[~test], lengths[~test], max_epochs=epochs, batch_size=16,
@@ -172,7 +172,7 @@ def _storms(
     past = past[torch.randperm(len(past), generator=gen)]
     train, val = tracks.subset(past[len(past) // 10 :]), tracks.subset(past[: len(past) // 10])
     test = tracks.subset(torch.nonzero(tracks.years >= 2017).flatten())
-    model = _seeded_model(seed, 5, 2, 5, hidden_size=64, covariance="full")
+    model = _seeded_model(seed, 5, 2, 5, hidden_size=64, covariance_type="full")
     history = fit_sequences(
         model, *storm_task(train), validation_data=storm_task(val), max_epochs=epochs,
         batch_size=32, lr=3e-3, random_state=seed, progress=progress,

@@ -16,6 +16,7 @@ from ...plot import require_matplotlib
 
 __all__ = ["strokes", "trajectory_fan"]
 
+
 def strokes(
     offsets: Tensor,
     *,

@@ -130,7 +130,7 @@ def train_models(
             hist = fit(model, x, y, **frame_kwargs)
         elif name == "rnn":
             model = _seeded(seed, lambda: MDNRNN(f, d, s.n_components, s.rnn_hidden,
-                                                 covariance="diagonal", min_scale=s.min_scale))  # fmt: skip
+                                                 covariance_type="diagonal", min_scale=s.min_scale))  # fmt: skip
             hist = fit_sequences(
                 model, *train.padded(steps), validation_data=val.padded(steps),
                 batch_size=s.rnn_batch_size,
