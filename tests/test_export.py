@@ -1,4 +1,4 @@
-"""Export (issue 8): ONNX parity under onnxruntime, torch.export with log_prob, serving example."""
+"""Export: ONNX parity under onnxruntime, torch.export with log_prob, serving example."""
 
 from __future__ import annotations
 

@@ -197,7 +197,7 @@ def test_bishop_with_defaults_regression():
     assert nll <= -1.14, nll
 
 
-# ---------------------------------------------------------------- safeguards (issue 4)
+# ---------------------------------------------------------------- safeguards
 
 
 def test_nan_in_one_batch_is_skipped_and_training_recovers():
