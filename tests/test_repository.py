@@ -8,7 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # a tracker reference: "issue 7", "issues 7", "issue #7", "(#12)"
 TRACKER = re.compile(r"\bissues? ?#?\d+\b|\(#\d+\)", re.IGNORECASE)
-PLACES = ["src", "tests", "benchmarks", "examples", "README.md", "pyproject.toml", "Makefile", ".ci"]
+PLACES = [
+    "src",
+    "tests",
+    "benchmarks",
+    "examples",
+    "README.md",
+    "pyproject.toml",
+    "Makefile",
+    ".ci",
+]
 SUFFIXES = {".py", ".md", ".toml", ".cpp", ".txt", ".cfg", ""}
 
 

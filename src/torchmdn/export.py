@@ -38,22 +38,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ._checks import require_extra
 from .distributions.mixture import GaussianMixture
 from .errors import InputError
 from .nn.mdn import MDN
 
 __all__ = ["export_onnx", "export_program", "load_onnx_mixture", "output_names"]
-
-_HINT = "ONNX export and serving need optional packages: pip install 'torchmdn[export]'"
-
-
-def _require(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{_HINT} ({module} is missing)") from err
 
 
 def output_names(model: MDN) -> list[str]:
@@ -152,8 +142,8 @@ def export_onnx(model: MDN, path: str | os.PathLike[str], *, opset: int | None =
     Returns:
         The path written.
     """
-    _require("onnx")
-    _require("onnxscript")
+    require_extra("onnx", "export", "ONNX export and serving")
+    require_extra("onnxscript", "export", "ONNX export and serving")
     path = Path(path)
     with _export_mode(model), torch.no_grad():
         kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
@@ -197,7 +187,7 @@ def load_onnx_mixture(
 
     ``x`` is anything ``numpy.asarray`` accepts, shape ``(N, in_features)``.
     """
-    ort = _require("onnxruntime")
+    ort = require_extra("onnxruntime", "export", "ONNX export and serving")
     import numpy as np
 
     session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ._checks import require_extra
 from .distributions.mixture import GaussianMixture
 from .errors import InputError
 
@@ -29,10 +30,7 @@ __all__ = [
 
 def require_matplotlib() -> Any:
     """Import ``matplotlib.pyplot`` with a non-interactive backend, or say what to install."""
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise ImportError("plotting needs matplotlib: pip install 'torchmdn[plot]'") from err
+    matplotlib = require_extra("matplotlib", "plot", "plotting")
     if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo", "ps"):
         import os
 

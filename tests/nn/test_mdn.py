@@ -7,7 +7,7 @@ import torch
 
 from torchmdn import MDN, MLP, GaussianMixture, MDNHead
 from torchmdn.errors import InputError
-from torchmdn.nn.mdn import target_resolution as torchmdn_target_resolution
+from torchmdn.nn.standardize import target_resolution as torchmdn_target_resolution
 
 KINDS = ("diagonal", "isotropic", "full")
 

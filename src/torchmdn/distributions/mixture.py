@@ -49,9 +49,8 @@ from torch.distributions import (
 )
 from torch.distributions.utils import lazy_property
 
-from .._math import LOG_2PI
 from ..errors import InputError, InputTypeError
-from ..ops import fused, layout
+from ..ops import fused, layout, reference
 from .covariance import Covariance, at_least_float32
 
 __all__ = ["GaussianMixture"]
@@ -377,7 +376,6 @@ class GaussianMixture(Distribution):
         """
         if self._validate_args:
             self._validate_sample(value)
-        d = self.loc.shape[-1]
         if self._kind == _FULL:
             logits, loc, scale, value = at_least_float32(
                 self.logits, self.loc, self.covariance.precision_for_eval(), value
@@ -385,19 +383,9 @@ class GaussianMixture(Distribution):
         else:
             logits, loc, scale, value = at_least_float32(self.logits, self.loc, self.scale, value)
         log_weights = self.log_weights if logits is self.logits else logits.log_softmax(-1)
-        diff = value.unsqueeze(-2) - loc  # [*S, *B, n, d]
-        if self._kind == _DIAGONAL:
-            z = diff / scale  # [*S, *B, n, d]
-            comp = -0.5 * z.square().sum(-1) - scale.log().sum(-1)  # [*S, *B, n]
-        elif self._kind == _ISOTROPIC:
-            comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
-        else:
-            # precision factor A = L⁻¹: quadratic form and log-determinant from the same A
-            # (its lower triangle: zero gradient above the diagonal, as on the fused paths)
-            z = (scale.tril() @ diff.unsqueeze(-1)).squeeze(-1)  # [*S, *B, n, d]
-            half_log_det = -scale.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [*B, n]
-            comp = -0.5 * z.square().sum(-1) - half_log_det
-        return log_weights + comp - 0.5 * d * LOG_2PI
+        if self._kind == _FULL:
+            return log_weights + reference.precision_components(loc, scale, value)
+        return log_weights + reference.diag_components(loc, scale, value, self._kind == _ISOTROPIC)
 
     # ------------------------------------------------------------------ moments
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.special import log_ndtr, ndtr, ndtri
 
+from .._checks import integer
 from .._math import LOG_2PI
 from ..errors import InputError
 from ._common import (
@@ -316,7 +317,7 @@ def entropy(
     Returns:
         :class:`MonteCarloEstimate` ``(value (*B,), stderr (*B,))``.
     """
-    n_samples = _check_n(n_samples)
+    n_samples = integer("n_samples", n_samples, low=2)
     y = gm.sample((n_samples,), generator=seeded_generator(gm, generator, 0))
     lp = gm.log_prob(y)  # [N, *B]
     return MonteCarloEstimate(-lp.mean(0), lp.std(0) / math.sqrt(n_samples))
@@ -347,13 +348,7 @@ def kl_divergence(
         f"the batch shapes {tuple(p.batch_shape)} and {tuple(q.batch_shape)} do not broadcast",
         p.batch_shape, q.batch_shape,
     )  # fmt: skip
-    n_samples = _check_n(n_samples)
+    n_samples = integer("n_samples", n_samples, low=2)
     y = p.expand(batch).sample((n_samples,), generator=seeded_generator(p, generator, 0))
     diff = p.log_prob(y) - q.log_prob(y)  # [N, *B]
     return MonteCarloEstimate(diff.mean(0), diff.std(0) / math.sqrt(n_samples))
-
-
-def _check_n(n_samples: object) -> int:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise InputError(f"n_samples must be an int >= 2 (e.g. 10000); got {n_samples!r}")
-    return n_samples

@@ -15,33 +15,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import integer
+from ..distributions.covariance import COVARIANCE_TYPES
 from ..distributions.mixture import GaussianMixture
 from ..errors import InputError
-from ..ops.layout import HEAD_KINDS, head_parameters, unpack_precision
+from ..ops.layout import HEAD_KINDS, head_parameters, head_width, scale_width, unpack_precision
+from .standardize import add_normalizers, target_resolution, write_normalizers
 
 __all__ = [
     "MLP",
     "MDNHead",
     "MDN",
-    "COVARIANCES",
     "ACTIVATIONS",
-    "target_resolution",
-    "write_normalizers",
 ]
 
-COVARIANCES = ("diagonal", "isotropic", "full")
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "gelu": nn.GELU,
 }
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer; got {value!r}")
-    return value
 
 
 def _softplus_inverse(x: Tensor) -> Tensor:
@@ -57,48 +50,6 @@ def _scale_grad(loc: Tensor, scale: Tensor) -> Tensor:
     return loc + (scale.detach() - 1) * (loc - loc.detach())
 
 
-def target_resolution(y: Tensor) -> Tensor:
-    """The recording resolution of each target column of ``y (N, d)``; 0 for continuous ones.
-
-    A column whose values repeat (at most half as many distinct values as rows) is taken to
-    be recorded on a grid: scores 0-10, prices in cents, counts. Its resolution is the
-    smallest gap between distinct values. Columns with fewer repeats count as continuous.
-    """
-    y = y.detach().reshape(len(y), -1).double().cpu()
-    out = torch.zeros(y.shape[1], dtype=torch.float64)
-    for j in range(y.shape[1]):
-        values = torch.unique(y[:, j])  # sorted
-        if 2 <= len(values) <= len(y) / 2:
-            out[j] = (values[1:] - values[:-1]).min()
-    return out
-
-
-@torch.no_grad()
-def write_normalizers(
-    module: nn.Module, x_loc: Tensor, x_scale: Tensor, y_loc: Tensor, y_scale: Tensor,
-    context: str = "",
-) -> None:  # fmt: skip
-    """Copy column means and standard deviations into ``module``'s ``x_loc``, ``x_scale``,
-    ``y_loc``, ``y_scale`` buffers and mark it ``standardized``: the rules every model here
-    follows. A constant input column gets scale 1 (it carries no information); a constant or
-    non-finite target column is an :class:`InputError` (``context`` says where it was seen),
-    since a density over a constant is not defined."""
-    y_std = torch.as_tensor(y_scale).to(module.y_scale)
-    bad = ~(torch.isfinite(y_std) & (y_std > 0))
-    if bad.any():
-        raise InputError(
-            f"target column(s) {torch.nonzero(bad).flatten().tolist()} are constant or not "
-            f"finite{context}: a density over a constant is not defined. Drop the column or "
-            "add more varied data."
-        )
-    x_std = torch.as_tensor(x_scale).to(module.x_scale)
-    module.x_loc.copy_(torch.as_tensor(x_loc))
-    module.x_scale.copy_(torch.where(x_std > 0, x_std, torch.ones_like(x_std)))
-    module.y_loc.copy_(torch.as_tensor(y_loc))
-    module.y_scale.copy_(y_std)
-    module.standardized.fill_(True)
-
-
 class MLP(nn.Sequential):
     """A plain multilayer perceptron: ``Linear -> activation`` for each hidden width."""
 
@@ -108,10 +59,10 @@ class MLP(nn.Sequential):
         if activation not in ACTIVATIONS:
             raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
         layers: list[nn.Module] = []
-        width = _check_positive_int("in_features", in_features)
+        width = integer("in_features", in_features)
         for h in hidden:
             layers += [
-                nn.Linear(width, _check_positive_int("hidden width", h)),
+                nn.Linear(width, integer("hidden width", h)),
                 ACTIVATIONS[activation](),
             ]
             width = h
@@ -154,25 +105,25 @@ class MDNHead(nn.Module):
         min_scale: float = 1e-3,
     ) -> None:
         super().__init__()
-        if covariance_type not in COVARIANCES:
+        if covariance_type not in COVARIANCE_TYPES:
             raise InputError(
-                f"covariance_type must be one of {COVARIANCES}; got {covariance_type!r}"
+                f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"
             )
         if not (
             isinstance(min_scale, (int, float)) and math.isfinite(min_scale) and min_scale >= 0
         ):
             raise InputError(f"min_scale must be a finite number >= 0; got {min_scale!r}")
-        self.in_features = _check_positive_int("in_features", in_features)
-        self.out_features = d = _check_positive_int("out_features", out_features)
-        self.n_components = n = _check_positive_int("n_components", n_components)
+        self.in_features = integer("in_features", in_features)
+        self.out_features = d = integer("out_features", out_features)
+        self.n_components = n = integer("n_components", n_components)
         self.covariance_type = covariance_type
         self.min_scale = float(min_scale)
         #: per-dimension floor on standard deviations (>= min_scale); MDN.standardize raises it
         #: to the resolution of a target recorded on a grid (see MDN's ``target_resolution``)
         self.register_buffer("scale_floor", torch.full((d,), self.min_scale))
-        n_scale = {"diagonal": n * d, "isotropic": n, "full": n * d * (d + 1) // 2}[covariance_type]
-        self._split = [n, n * d, n_scale]
-        self.linear = nn.Linear(in_features, sum(self._split))
+        kind = HEAD_KINDS[covariance_type]
+        self._split = [n, n * d, scale_width(kind, n, d)]
+        self.linear = nn.Linear(in_features, head_width(kind, n, d))
         #: scale the gradient reaching each mean by its component's σ (RNADE); set by fit()
         self.mean_grad_scaling = False
         if covariance_type == "full":
@@ -197,6 +148,12 @@ class MDNHead(nn.Module):
                 scale_b.view(n, -1)[:, self._tril_is_diag] = unit
             else:
                 scale_b.fill_(unit.item())
+
+    @property
+    def output_split(self) -> list[int]:
+        """Widths of the output's three blocks: logits, means, scale parameters (the layout
+        of :mod:`torchmdn.ops.layout`)."""
+        return list(self._split)
 
     def component_rows(self, k: int) -> list[int]:
         """Indices of the output units (rows of ``linear``) that belong to component ``k``."""
@@ -365,11 +322,7 @@ class MDN(nn.Module):
         ):
             if names is not None and len(names) != size:
                 raise InputError(f"{what} must have {size} entries; got {len(names)}: {names}")
-        self.register_buffer("x_loc", torch.zeros(in_features))
-        self.register_buffer("x_scale", torch.ones(in_features))
-        self.register_buffer("y_loc", torch.zeros(out_features))
-        self.register_buffer("y_scale", torch.ones(out_features))
-        self.register_buffer("standardized", torch.tensor(False))
+        add_normalizers(self, in_features, out_features)
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable (used by :func:`torchmdn.save`)."""
@@ -473,6 +426,11 @@ class MDN(nn.Module):
         """Start the head at the unconditional mixture fit of ``y`` (see :meth:`MDNHead.initialize`)."""
         self.head.initialize((self._check_y(y) - self.y_loc) / self.y_scale, generator)
         return self
+
+    def mixture_and_target(self, x: Tensor, y: Tensor) -> tuple[GaussianMixture, Tensor]:
+        """``p(z | x)`` in standardised units and ``z = (y − y_loc) / y_scale`` (what training
+        looks at to track components)."""
+        return self.standardized_forward(x), (y - self.y_loc) / self.y_scale
 
     def standardized_forward(self, x: Tensor) -> GaussianMixture:
         """The mixture over standardised ``z = (y - y_loc) / y_scale`` (what the head predicts)."""

@@ -34,9 +34,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution
 
+from .._checks import integer
+from ..distributions.covariance import COVARIANCE_TYPES
 from ..distributions.mixture import GaussianMixture
 from ..errors import InputError
-from .mdn import COVARIANCES, MDNHead, write_normalizers
+from .mdn import MDNHead
+from .standardize import add_normalizers, write_normalizers
 
 __all__ = [
     "MDNRNN",
@@ -50,12 +53,6 @@ __all__ = [
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 State = Tensor | tuple[Tensor, Tensor]
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}; got {value!r}")
-    return value
 
 
 def lengths_to_mask(lengths: Tensor | Sequence[int], max_len: int | None = None) -> Tensor:
@@ -132,8 +129,8 @@ class PenStateHead(nn.Module):
 
     def __init__(self, in_features: int, n_states: int = 2) -> None:
         super().__init__()
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.n_states = _check_int("pen_states", n_states, 2)
+        self.in_features = integer("in_features", in_features, 1)
+        self.n_states = integer("pen_states", n_states, 2)
         self.linear = nn.Linear(in_features, 1 if n_states == 2 else n_states)
         with torch.no_grad():
             self.linear.weight.mul_(0.1)
@@ -226,18 +223,18 @@ class MDNRNN(nn.Module):
         super().__init__()
         if cell not in CELLS:
             raise InputError(f"cell must be one of {sorted(CELLS)}; got {cell!r}")
-        if covariance_type not in COVARIANCES:
+        if covariance_type not in COVARIANCE_TYPES:
             raise InputError(
-                f"covariance_type must be one of {COVARIANCES}; got {covariance_type!r}"
+                f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"
             )
         if pen_states != 0:
-            _check_int("pen_states", pen_states, 2)
+            integer("pen_states", pen_states, 2)
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise InputError(f"dropout must be a number in [0, 1); got {dropout!r}")
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.out_features = _check_int("out_features", out_features, 1)
-        self.hidden_size = _check_int("hidden_size", hidden_size, 1)
-        self.num_layers = _check_int("num_layers", num_layers, 1)
+        self.in_features = integer("in_features", in_features, 1)
+        self.out_features = integer("out_features", out_features, 1)
+        self.hidden_size = integer("hidden_size", hidden_size, 1)
+        self.num_layers = integer("num_layers", num_layers, 1)
         self.cell, self.pen_states, self.dropout = cell, int(pen_states), float(dropout)
         self.rnn = CELLS[cell](
             in_features, hidden_size, num_layers, batch_first=True, dropout=dropout
@@ -245,11 +242,7 @@ class MDNRNN(nn.Module):
         self.head = MDNHead(hidden_size, out_features, n_components, covariance_type, min_scale)
         self.pen = PenStateHead(hidden_size, pen_states) if pen_states else None
         self.metadata: dict[str, Any] = {}
-        self.register_buffer("x_loc", torch.zeros(in_features))
-        self.register_buffer("x_scale", torch.ones(in_features))
-        self.register_buffer("y_loc", torch.zeros(out_features))
-        self.register_buffer("y_scale", torch.ones(out_features))
-        self.register_buffer("standardized", torch.tensor(False))
+        add_normalizers(self, in_features, out_features)
 
     @property
     def target_features(self) -> int:
@@ -273,7 +266,8 @@ class MDNRNN(nn.Module):
 
     # ------------------------------------------------------------------ checks
 
-    def _check_x(self, x: Tensor) -> Tensor:
+    def check_inputs(self, x: Tensor) -> Tensor:
+        """``x`` itself if it is a ``(batch, time, in_features)`` tensor; else an InputError."""
         if not isinstance(x, Tensor):
             raise InputError(f"x must be a torch.Tensor; got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.in_features:
@@ -283,7 +277,8 @@ class MDNRNN(nn.Module):
             )
         return x
 
-    def _check_y(self, y: Tensor, x: Tensor) -> Tensor:
+    def check_targets(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y`` itself if its shape matches ``x``'s batch and time and the target columns."""
         if not isinstance(y, Tensor):
             raise InputError(f"y must be a torch.Tensor; got {type(y).__name__}")
         k = self.target_features
@@ -306,8 +301,9 @@ class MDNRNN(nn.Module):
             )
         return mask.to(device=x.device, dtype=torch.bool)
 
-    def _split_y(self, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Zero the padded steps (so NaN padding cannot reach a gradient) and split off the pen."""
+    def split_targets(self, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The continuous targets with padded steps zeroed (so NaN padding cannot reach a
+        gradient) and the pen states (``None`` without a pen-state head), checked."""
         y = torch.where(mask.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
         d = self.out_features
         if not self.pen_states:
@@ -329,8 +325,8 @@ class MDNRNN(nn.Module):
 
         A constant input column gets scale 1; a constant target column is an error.
         """
-        x = self._check_x(x)
-        y = self._check_y(y, x)
+        x = self.check_inputs(x)
+        y = self.check_targets(y, x)
         mask = self._mask(mask, x)
         xs, ys = x[mask], y[mask][:, : self.out_features]  # [M, in], [M, d]
         if len(ys) < 2:
@@ -352,9 +348,9 @@ class MDNRNN(nn.Module):
         The mixture head starts at a k-means fit (:meth:`MDNHead.initialize`) of at most
         ``max_points`` standardised targets; the pen head at the pen states' frequencies.
         """
-        x = self._check_x(x)
+        x = self.check_inputs(x)
         mask = self._mask(mask, x)
-        cont, pen = self._split_y(self._check_y(y, x), mask)
+        cont, pen = self.split_targets(self.check_targets(y, x), mask)
         z = ((cont[mask] - self.y_loc) / self.y_scale).reshape(-1, self.out_features)
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         if len(z) > max_points:
@@ -368,7 +364,7 @@ class MDNRNN(nn.Module):
 
     def features(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Recurrent features ``(B, T, hidden_size)`` and the new state for ``x (B, T, in)``."""
-        x = self._check_x(x)
+        x = self.check_inputs(x)
         return self.rnn((x - self.x_loc) / self.x_scale, state)
 
     def step_distributions(self, x: Tensor, state: State | None = None) -> StepPrediction:
@@ -397,10 +393,10 @@ class MDNRNN(nn.Module):
         as in Graves 2013). Padded steps (``mask == False``) get exactly 0 and no gradient;
         their values may be anything, NaN included.
         """
-        x = self._check_x(x)
-        y = self._check_y(y, x)
+        x = self.check_inputs(x)
+        y = self.check_targets(y, x)
         mask = self._mask(mask, x)
-        cont, pen = self._split_y(y, mask)
+        cont, pen = self.split_targets(y, mask)
         x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         h, _ = self.features(x, state)
         z = (cont - self.y_loc) / self.y_scale
@@ -411,7 +407,7 @@ class MDNRNN(nn.Module):
 
     def nll(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """Mean negative log-likelihood per real step (a scalar, nats per step)."""
-        mask = self._mask(mask, self._check_x(x))
+        mask = self._mask(mask, self.check_inputs(x))
         return -self.log_prob(x, y, mask).sum() / mask.sum().clamp_min(1)
 
     def generator(
@@ -538,7 +534,7 @@ class SequenceGenerator:
             next_input: maps ``(draw (B, k), previous input (B, in))`` to the next input; by
                 default the draw itself (needs ``in_features == out_features [+ 1]``).
         """
-        _check_int("steps", steps, 1)
+        integer("steps", steps, 1)
         if next_input is None and self.model.in_features != self.model.target_features:
             raise InputError(
                 f"the model reads {self.model.in_features} input features but draws "

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from .distributed import Group, local_slice, process_group
 from .loop import History, Run, Settings
+from .protocol import ConditionalDensity, TrainableMixture
 from .streaming import Scan, TableSource
 
 __all__ = ["fit", "History", "as_tensor_2d"]
@@ -332,11 +333,11 @@ def _start_fresh(
 ) -> None:
     """Set an MDN's normalisers from the training rows and start its head at the
     unconditional fit of y, unless the model was standardised already."""
-    already = bool(getattr(model, "standardized", torch.tensor(True)))
-    if standardize and callable(getattr(model, "standardize", None)) and not already:
-        data.standardize(model)
-        if initialize and callable(getattr(model, "initialize", None)):
-            model.initialize(*data.sample, generator=gen)
+    if not isinstance(model, ConditionalDensity) or bool(model.standardized) or not standardize:
+        return
+    data.standardize(model)
+    if initialize and isinstance(model, TrainableMixture):
+        model.initialize(*data.sample, generator=gen)
 
 
 class _InMemory:

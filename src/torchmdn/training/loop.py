@@ -25,7 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelFileError, TrainingError
+from ..nn.mdn import MDNHead
 from .distributed import Group, local_slice
+from .protocol import ConditionalDensity, TrainableMixture, responsibilities
 
 __all__ = ["History", "Settings", "Data", "Run"]
 
@@ -130,7 +132,7 @@ class Run:
         self.model, self.params, self.data, self.group, self.gen = model, params, data, group, gen
         self.seed, self.fingerprint = seed, fingerprint
         self.device = params[0].device
-        self.head = _head(model)
+        self.head = model.head if isinstance(model, TrainableMixture) else None
         self.x_val, self.y_val = validation
         self.x_fit, self.y_fit = data.sample
         # torch's fused AdamW (one kernel per step; on the CPU torch would otherwise loop over
@@ -214,9 +216,12 @@ class Run:
         if self.noisy:
             x_fit, y_fit = self.x_fit, self.y_fit
             one = len(x_fit) <= 1
-            self.sx = getattr(model, "x_scale", torch.ones_like(x_fit[0]) if one else x_fit.std(0))
-            self.sy = getattr(model, "y_scale", torch.ones_like(y_fit[0]) if one else y_fit.std(0))
-        self.scaled_heads = [m for m in model.modules() if hasattr(m, "mean_grad_scaling")]
+            if isinstance(model, ConditionalDensity):
+                self.sx, self.sy = model.x_scale, model.y_scale
+            else:
+                self.sx = torch.ones_like(x_fit[0]) if one else x_fit.std(0)
+                self.sy = torch.ones_like(y_fit[0]) if one else y_fit.std(0)
+        self.scaled_heads = [m for m in model.modules() if isinstance(m, MDNHead)]
         for m in self.scaled_heads:
             m.mean_grad_scaling = s.mean_grad_scaling
         self.good = self.snapshot()
@@ -375,10 +380,10 @@ class Run:
         s, head, history = self.settings, self.head, self.history
         sub = torch.randperm(len(self.x_fit), generator=self.gen)[:512].to(self.device)
         x_sub, y_sub = self.x_fit[sub], self.y_fit[sub]
-        self.model.eval()
-        shares = _shares(self.model, x_sub, y_sub)
-        if shares is None:
+        if head is None:
             return
+        self.model.eval()
+        shares = responsibilities(self.model, x_sub, y_sub)
         ent = -(shares * shares.clamp_min(1e-12).log()).sum().item()
         history.effective_components.append(math.exp(ent))
         dead = torch.nonzero(shares < _DEAD_SHARE).flatten().tolist()
@@ -387,7 +392,7 @@ class Run:
             return
         _reseed(self.model, head, self.opt, dead, x_sub, y_sub)
         if self.ema_model is not self.model:  # the average restarts there too
-            ema_head = _head(self.ema_model)
+            ema_head = self.ema_model.head
             with torch.no_grad():
                 for k in dead:
                     rows = head.component_rows(k)
@@ -457,9 +462,11 @@ def _saved_state(
 
 
 def _nll(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Per-row negative log-likelihood; uses ``model.log_prob(x, y)`` when the model has it."""
-    log_prob = getattr(model, "log_prob", None)
-    return -(log_prob(x, y) if callable(log_prob) else model(x).log_prob(y))
+    """Per-row negative log-likelihood: the model's own ``log_prob(x, y)`` (in user units,
+    normalisers included) where it has one, else ``model(x).log_prob(y)``."""
+    if isinstance(model, ConditionalDensity):
+        return -model.log_prob(x, y)
+    return -model(x).log_prob(y)
 
 
 class _NLL(nn.Module):
@@ -490,25 +497,6 @@ def _copy_state(model: nn.Module) -> dict[str, Tensor]:
     }
 
 
-def _head(model: nn.Module) -> Any:
-    """The model's MDNHead, if it is an MDN (duck-typed: has ``head.component_rows``)."""
-    head = getattr(model, "head", None)
-    return head if callable(getattr(head, "component_rows", None)) else None
-
-
-@torch.no_grad()
-def _shares(model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
-    """Each component's mean responsibility on ``(x, y)``, or None for non-mixture models."""
-    if callable(getattr(model, "standardized_forward", None)):
-        dist, target = model.standardized_forward(x), (y - model.y_loc) / model.y_scale
-    else:
-        dist, target = model(x), y
-    joint = getattr(dist, "joint_log_prob", None)
-    if not callable(joint):
-        return None
-    return torch.softmax(joint(target), -1).mean(0)
-
-
 def _diagnose(model: nn.Module, xb: Tensor, yb: Tensor, rows: Tensor) -> str:
     """Say which rows give a non-finite loss and which parameter blocks broke."""
     parts = []
@@ -517,7 +505,7 @@ def _diagnose(model: nn.Module, xb: Tensor, yb: Tensor, rows: Tensor) -> str:
     bad_rows = rows[~torch.isfinite(per_row)].tolist()
     if bad_rows:
         parts.append(f"non-finite loss on training rows {bad_rows[:10]}")
-    head = _head(model)
+    head = model.head if isinstance(model, TrainableMixture) else None
     head_params = (head.linear.weight, head.linear.bias) if head is not None else ()
     blocks: dict[str, bool] = {}
     for name, p in model.named_parameters():
@@ -525,15 +513,10 @@ def _diagnose(model: nn.Module, xb: Tensor, yb: Tensor, rows: Tensor) -> str:
             if t is None or torch.isfinite(t).all():
                 continue
             if any(p is q for q in head_params):
-                n, d = head.n_components, head.out_features
                 scale_name = "factor" if head.covariance_type == "full" else "scales"
-                bounds = {
-                    "mixture weights": (0, n),
-                    "means": (n, n + n * d),
-                    scale_name: (n + n * d, None),
-                }
-                for block, (lo, hi) in bounds.items():
-                    if not torch.isfinite(t[lo:hi]).all():
+                names = ("mixture weights", "means", scale_name)
+                for block, part in zip(names, t.split(head.output_split), strict=True):
+                    if not torch.isfinite(part).all():
                         blocks[f"{block} ({label})"] = True
             else:
                 blocks[f"{name} ({label})"] = True
@@ -570,11 +553,15 @@ def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], grou
 
 @torch.no_grad()
 def _reseed(
-    model: nn.Module, head: Any, opt: torch.optim.Optimizer, dead: list[int], x: Tensor, y: Tensor
+    model: TrainableMixture,
+    head: MDNHead,
+    opt: torch.optim.Optimizer,
+    dead: list[int],
+    x: Tensor,
+    y: Tensor,
 ) -> None:
     """Move dead components onto the worst-explained rows; reset their optimiser state."""
-    dist = model.standardized_forward(x)
-    z = (y - model.y_loc) / model.y_scale
+    dist, z = model.mixture_and_target(x, y)
     worst = dist.log_prob(z).argsort()[: len(dead)]
     alive = [k for k in range(head.n_components) if k not in dead]
     scale = dist.stddev.median(0).values / max(1, len(alive)) ** 0.5

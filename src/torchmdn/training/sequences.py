@@ -7,25 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..distributions.mixture import GaussianMixture
 from ..errors import InputError
 from ..nn.mdn import MDNHead
 from ..nn.recurrent import MDNRNN, lengths_to_mask
 from .fit import fit
-
-
-class _Responsibilities:
-    """What ``fit`` asks of ``model(x)`` to track component use: ``joint_log_prob(y)``."""
-
-    def __init__(self, packed: _PackedSequences, x: Tensor) -> None:
-        self.packed, self.x = packed, x
-
-    def joint_log_prob(self, y: Tensor) -> Tensor:
-        m = self.packed.model
-        x, mask = self.packed.unpack_x(self.x)
-        cont, _ = m._split_y(self.packed.unpack_y(y), mask)
-        h, _ = m.features(x)
-        z = (cont - m.y_loc) / m.y_scale
-        return m.head(h).joint_log_prob(z)[mask]  # [M, n]: real steps only
 
 
 class _PackedSequences(nn.Module):
@@ -48,6 +34,14 @@ class _PackedSequences(nn.Module):
     def standardized(self) -> Tensor:
         return self.model.standardized
 
+    @property
+    def x_scale(self) -> Tensor:
+        return self.model.x_scale
+
+    @property
+    def y_scale(self) -> Tensor:
+        return self.model.y_scale
+
     def unpack_x(self, x: Tensor) -> tuple[Tensor, Tensor]:
         t = self.steps
         return x[:, :-t].reshape(len(x), t, -1), x[:, -t:] > 0.5
@@ -68,8 +62,33 @@ class _PackedSequences(nn.Module):
         lp = self.model.log_prob(xs, self.unpack_y(y), mask)  # [B, T]
         return lp.sum(-1) / mask.sum(-1).clamp_min(1)
 
-    def forward(self, x: Tensor) -> _Responsibilities:
-        return _Responsibilities(self, x)
+    def mixture_and_target(self, x: Tensor, y: Tensor) -> tuple[GaussianMixture, Tensor]:
+        """The step mixtures and standardised targets of the real steps, ``(M,)`` and
+        ``(M, d)``."""
+        m = self.model
+        xs, mask = self.unpack_x(x)
+        cont, _ = m.split_targets(self.unpack_y(y), mask)
+        h, _ = m.features(xs)
+        z = (cont - m.y_loc) / m.y_scale
+        mixture = m.head(h)  # batch (B, T)
+        keep = mask.flatten()
+        return _rows(mixture, keep), z.flatten(0, 1)[keep]
+
+    def forward(self, x: Tensor) -> GaussianMixture:
+        raise TypeError("a packed sequence model is trained through fit_sequences only")
+
+
+def _rows(mixture: GaussianMixture, keep: Tensor) -> GaussianMixture:
+    """The mixtures of a ``(B, T)`` batch at the steps ``keep`` (flattened), batch ``(M,)``."""
+    logits = mixture.logits.flatten(0, 1)[keep]
+    loc = mixture.loc.flatten(0, 1)[keep]
+    if mixture.covariance_type == "full":
+        return GaussianMixture.from_precision_tril(
+            logits, loc, mixture.precision_tril.flatten(0, 1)[keep], validate_args=False
+        )
+    return GaussianMixture(
+        logits, loc, scale=mixture.scale.flatten(0, 1)[keep], validate_args=False
+    )
 
 
 def _pack(model: MDNRNN, x: Any, y: Any, lengths: Any, what: str) -> tuple[Tensor, Tensor, int]:
@@ -79,8 +98,8 @@ def _pack(model: MDNRNN, x: Any, y: Any, lengths: Any, what: str) -> tuple[Tenso
         y = torch.as_tensor(y, dtype=param.dtype, device=param.device)
     except (TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"{what} x and y must be arrays of numbers: {err}") from err
-    x = model._check_x(x)
-    y = model._check_y(y, x)
+    x = model.check_inputs(x)
+    y = model.check_targets(y, x)
     if lengths is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     else:
@@ -101,7 +120,7 @@ def _pack(model: MDNRNN, x: Any, y: Any, lengths: Any, what: str) -> tuple[Tenso
         )
     x = torch.where(real & torch.isfinite(x), x, torch.zeros((), dtype=x.dtype))
     y = torch.where(real & torch.isfinite(y), y, torch.zeros((), dtype=y.dtype))
-    model._split_y(y, mask)  # checks the pen-state codes
+    model.split_targets(y, mask)  # checks the pen-state codes
     x2 = torch.cat([x.flatten(1), mask.to(x.dtype)], 1)
     return x2, y.flatten(1), x.shape[1]
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import require_extra
 from ..errors import InputError
 from .distributed import Group
 
@@ -41,18 +42,6 @@ __all__ = ["TableSource"]
 
 _PARQUET = {".parquet", ".pq"}
 _SAMPLE_SALT = 0x5EED
-
-
-def _need(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(
-            f"streaming training data needs {module.split('.')[0]}; install it with "
-            "pip install 'torchmdn[stream]'"
-        ) from err
 
 
 def read_csv_text(path: str | Path, *, whole: bool = True) -> tuple[str, type[csv.Dialect]]:
@@ -170,7 +159,12 @@ class TableSource:
             if absent:
                 raise InputError(f"{path}: no column named {absent}; the columns are {header}")
             if path.suffix.lower() in _PARQUET:
-                schema, types = _need("pyarrow.parquet").read_schema(path), _need("pyarrow.types")
+                schema, types = (
+                    require_extra(
+                        "pyarrow.parquet", "stream", "streaming training data"
+                    ).read_schema(path),
+                    require_extra("pyarrow.types", "stream", "streaming training data"),
+                )
                 for name in self.features + self.targets:
                     kind = schema.field(name).type
                     if not (types.is_integer(kind) or types.is_floating(kind)):
@@ -188,13 +182,13 @@ class TableSource:
     @staticmethod
     def _header(path: Path) -> list[str]:
         if path.suffix.lower() in _PARQUET:
-            pq = _need("pyarrow.parquet")
+            pq = require_extra("pyarrow.parquet", "stream", "streaming training data")
             try:
                 schema = pq.read_schema(path)
             except Exception as err:  # noqa: BLE001 - pyarrow raises several types here
                 raise InputError(f"{path} is not a readable Parquet file ({err})") from err
             return list(schema.names)
-        pd = _need("pandas")
+        pd = require_extra("pandas", "stream", "streaming training data")
         return [str(c).strip() for c in pd.read_csv(path, sep=_delimiter(path), nrows=0).columns]
 
     def _frames(self, path: Path) -> Iterator[Any]:
@@ -203,12 +197,14 @@ class TableSource:
         if path.suffix.lower() in _PARQUET:
             # one row group at a time: ParquetFile.iter_batches over a whole file keeps
             # allocating as it goes (measured: +45 MB per million rows), this stays flat
-            file = _need("pyarrow.parquet").ParquetFile(path)
+            file = require_extra(
+                "pyarrow.parquet", "stream", "streaming training data"
+            ).ParquetFile(path)
             for g in range(file.num_row_groups):
                 group = file.read_row_group(g, columns=columns)
                 yield from group.to_batches(max_chunksize=self.chunk_rows)
             return
-        pd = _need("pandas")
+        pd = require_extra("pandas", "stream", "streaming training data")
         reader = pd.read_csv(
             path,
             sep=_delimiter(path),
@@ -237,7 +233,7 @@ class TableSource:
             else:
                 series = frame[name]
                 if series.dtype.kind not in "biuf":
-                    pd = _need("pandas")
+                    pd = require_extra("pandas", "stream", "streaming training data")
                     bad = pd.to_numeric(series, errors="coerce").isna() & series.notna()
                     if bad.any():
                         i = int(np.argmax(bad.to_numpy()))

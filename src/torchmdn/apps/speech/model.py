@@ -30,7 +30,8 @@ from torch.distributions import Distribution, Independent, Normal
 
 from ...distributions.mixture import GaussianMixture
 from ...errors import InputError
-from ...nn.mdn import MLP, write_normalizers
+from ...nn.mdn import MLP
+from ...nn.standardize import add_normalizers, write_normalizers
 from .audio import DB_PER_NAT
 
 __all__ = [
@@ -64,12 +65,8 @@ class MSEBaseline(nn.Module):
         self.backbone = MLP(in_features, hidden, activation)
         self.linear = nn.Linear(self.backbone.out_features, out_features)
         self.in_features, self.out_features = in_features, out_features
-        for name, size in (("x_loc", in_features), ("y_loc", out_features)):
-            self.register_buffer(name, torch.zeros(size))
-        for name, size in (("x_scale", in_features), ("y_scale", out_features),
-                           ("residual_scale", out_features)):  # fmt: skip
-            self.register_buffer(name, torch.ones(size))
-        self.register_buffer("standardized", torch.tensor(False))
+        add_normalizers(self, in_features, out_features)
+        self.register_buffer("residual_scale", torch.ones(out_features))
 
     @torch.no_grad()
     def standardize(self, x: Tensor, y: Tensor) -> MSEBaseline:
