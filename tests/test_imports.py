@@ -135,3 +135,18 @@ def test_no_private_names_across_modules():
 def test_tests_mirror_the_tree(tests_dir):
     assert (ROOT / tests_dir).is_dir()
     assert (Path(__file__).parent / tests_dir).is_dir()
+
+
+def test_readme_tree_names_every_module():
+    """The README's "For contributors" tree has one line per module."""
+    readme = (ROOT.parents[1] / "README.md").read_text()
+    tree = readme.split("## For contributors", 1)[1].split("```")[1]
+    named = {line.split()[0].rstrip("/") for line in tree.splitlines() if line.strip()}
+    missing = [
+        str(p.relative_to(ROOT))
+        for p in sorted(ROOT.rglob("*.py"))
+        if p.name not in ("__init__.py", "__main__.py")
+        and p.name not in named
+        and not (p.parent != ROOT and p.parent.name in named and p.parent.parent.name == "apps")
+    ]
+    assert not missing, f"modules missing from the README tree: {missing}"
