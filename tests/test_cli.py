@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import random
 import re
@@ -13,9 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import torchmdn
-from torchmdn.cli import main
+from torchmdn.cli import build_parser, main
 
 FIT = ["--epochs", "3", "--hidden", "8", "--components", "2", "--quiet"]
 ROWS = 60
@@ -205,11 +207,140 @@ def test_evaluate_prints_mean_nll(model, data, capsys):
 
 
 def test_evaluate_with_explicit_target(tmp_path, model, data, capsys):
-    # the target column may be renamed in the test file
+    # the target column may be named differently in the test file: TARGET=COLUMN says so
     header, rows = _read(data)
     renamed = _write_csv(tmp_path / "t.csv", ["x1", "x2", "truth", "z"], rows)
-    assert main(["evaluate", str(model), str(renamed), "--target", "truth"]) == 0
+    assert main(["evaluate", str(model), str(renamed), "--target", "y=truth"]) == 0
     assert "mean NLL" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_target_the_model_was_not_trained_for(model, data, capsys):
+    # the model predicts y; scoring it against another column (here z) is refused by name
+    rc = main(["evaluate", str(model), str(data), "--target", "z"])
+    line = _one_error_line(capsys, rc, "evaluate", "['y']", "'z'", "--target y=z")
+    assert "trained to predict" in line
+
+
+def test_evaluate_reports_coverage_at_several_levels(model, data, capsys):
+    assert main(["evaluate", str(model), str(data), "--level", "0.8,0.9,0.95"]) == 0
+    out = capsys.readouterr().out
+    found = re.findall(r"(\d+(?:\.\d+)?)% interval coverage (\S+) \(ideal (\S+)\)", out)
+    assert [(a, c) for a, _, c in found] == [("80", "0.800"), ("90", "0.900"), ("95", "0.950")]
+    assert all(0 <= float(b) <= 1 for _, b, _ in found)
+    rc = main(["evaluate", str(model), str(data), "--level", "90"])
+    _one_error_line(capsys, rc, "evaluate", "--level", "between 0 and 1")
+
+
+def test_predict_quantiles_intervals_hdrs_and_modes(tmp_path, model, data, capsys):
+    extra = ["--quantiles", "0.05,0.5,0.95", "--interval", "0.9", "--hdr", "0.9", "--modes"]
+    assert main(["predict", str(model), str(data), *extra]) == 0
+    header, rows = _read_text(capsys.readouterr().out)
+    assert header == ["y_mean", "y_std", "y_q5", "y_q50", "y_q95", "y_lo90", "y_hi90",
+                      "y_hdr90", "y_modes"]  # fmt: skip
+    assert len(rows) == ROWS
+    for r in rows:
+        q5, q50, q95, lo, hi = (float(v) for v in r[2:7])
+        assert q5 < q50 < q95 and (lo, hi) == (q5, q95)  # the 90% interval is q5..q95
+        pieces = re.findall(r"\[(\S+), (\S+)\]", r[7])
+        assert pieces and " ∪ ".join(f"[{a}, {b}]" for a, b in pieces) == r[7]
+        assert all(float(a) < float(b) for a, b in pieces)
+        assert all(math.isfinite(float(m)) for m in r[8].split("; "))
+    # the same as JSON Lines: numbers, HDRs as [[low, high], ...], modes as [[y], ...]
+    assert main(["predict", str(model), str(data), *extra, "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == ROWS and list(records[0]) == header
+    first = records[0]
+    assert first["y_q5"] == pytest.approx(float(rows[0][2]), rel=1e-6)
+    assert all(len(pair) == 2 and pair[0] < pair[1] for pair in first["y_hdr90"])
+    assert all(len(m) == 1 for m in first["y_modes"])
+
+
+def test_predict_hdr_shows_two_pieces_for_a_bimodal_prediction(tmp_path, capsys):
+    model = torchmdn.MDN(1, 1, n_components=2, hidden=(4,), feature_names=["x"],
+                         target_names=["t"])  # fmt: skip
+    with torch.no_grad():  # weights zero: the head's biases alone give modes at -2 and 2
+        for p in model.parameters():
+            p.zero_()
+        model.head.linear.bias[2:4] = torch.tensor([-2.0, 2.0])
+        model.head.linear.bias[4:6] = -3.0  # narrow components
+    path = tmp_path / "bimodal.safetensors"
+    torchmdn.save(model, path)
+    new = _write_csv(tmp_path / "x.csv", ["x"], [["0.5"]])
+    assert main(["predict", str(path), str(new), "--hdr", "0.9", "--modes"]) == 0
+    header, rows = _read_text(capsys.readouterr().out)
+    assert rows[0][header.index("t_hdr90")].count("∪") == 1
+    assert len(rows[0][header.index("t_modes")].split("; ")) == 2
+
+
+def test_fit_lists_its_features_and_leaves_out_row_index_columns(tmp_path, capsys):
+    rows = _rows()
+    header = ["", "rownames", "id", "row", "x1", "x2", "y", "z"]
+    table = [[str(i), str(i + 1), str(1000 + i), str(i + 1), *r] for i, r in enumerate(rows)]
+    data = _write_csv(tmp_path / "d.csv", header, table)
+    out = tmp_path / "m.safetensors"
+    assert main(["fit", str(data), "--target", "y", *FIT, "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "features (3): x1, x2, z" in stdout
+    for name, why in (("''", "unnamed"), ("'rownames'", "named 'rownames'"),
+                      ("'id'", "named 'id'"), ("'row'", "holds the integers 1..60 in order")):  # fmt: skip
+        assert re.search(f"left out column {name}: it looks like a row index \\({why}", stdout), (
+            name,
+            stdout,
+        )
+    assert "name it in --features" in stdout
+    assert torchmdn.load(out).feature_names == ["x1", "x2", "z"]
+    # named in --features, such a column is used
+    assert (
+        main(["fit", str(data), "--target", "y", "--features", "row,x1", *FIT, "-o", str(out)]) == 0
+    )
+    assert "features (2): row, x1" in capsys.readouterr().out
+    assert torchmdn.load(out).feature_names == ["row", "x1"]
+
+
+def test_predict_matches_feature_columns_by_name(tmp_path, model, capsys):
+    rows = _rows()
+    # the same columns in another order give the same predictions
+    shuffled = _write_csv(tmp_path / "s.csv", ["z", "y", "x2", "x1"], [r[::-1] for r in rows])
+    plain = _write_csv(tmp_path / "p.csv", ["x1", "x2", "y", "z"], rows)
+    assert main(["predict", str(model), str(shuffled)]) == 0
+    a = capsys.readouterr().out
+    assert main(["predict", str(model), str(plain)]) == 0
+    assert capsys.readouterr().out == a
+    # a column named differently is named in the error
+    renamed = _write_csv(tmp_path / "r.csv", ["x1", "x2", "y", "zz"], rows)
+    for command in ("predict", "sample", "evaluate"):
+        line = _one_error_line(
+            capsys, main([command, str(model), str(renamed)]), command, "lacks ['z']"
+        )
+        assert "'zz'" in line
+
+
+def test_every_option_has_help_with_its_default():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, (name, action.option_strings)
+            shown = sub._get_formatter()._expand_help(action) if action.help else ""
+            rendered = sub._get_formatter()._get_help_string(action)
+            assert "default" in rendered or action.required, (name, action.option_strings, shown)
+
+
+def test_broken_pipe_ends_quietly(model, data):
+    # torchmdn predict ... | head: no "error: [Errno 32] Broken pipe", the status of SIGPIPE
+    script = (
+        "import sys; from torchmdn.cli import main; "
+        f"sys.exit(main(['sample', {str(model)!r}, {str(data)!r}, '-n', '500']))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away after one line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Broken pipe" not in err and "Errno" not in err and "Traceback" not in err, err
 
 
 def test_multi_target_full_covariance(tmp_path, data, capsys):

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,6 +111,55 @@ def _split_names(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+def _levels(text: str, option: str) -> list[float]:
+    """Comma-separated probabilities strictly between 0 and 1 (``--quantiles``, ``--level``)."""
+    out = []
+    for part in _split_names(text):
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(
+                f"{option}: {part!r} is not a number; give e.g. 0.05,0.5,0.95"
+            ) from None
+        if not 0.0 < value < 1.0:
+            raise InputError(f"{option}: {part} must lie strictly between 0 and 1 (e.g. 0.9)")
+        out.append(value)
+    if not out:
+        raise InputError(f"{option} names no level; give e.g. 0.9")
+    return out
+
+
+_INDEX_NAMES = {"", "rownames", "row.names", "row_names", "id", "index"}
+
+
+def _index_name(name: str) -> str | None:
+    key = name.strip().lower()
+    if not key or key.startswith("unnamed:"):
+        return "unnamed"
+    return f"named {name!r}" if key in _INDEX_NAMES else None
+
+
+def index_like(table: Table, name: str) -> str | None:
+    """Why column ``name`` looks like a row index (so not a feature), or ``None``.
+
+    A column is index-like when it is unnamed (an empty header cell, pandas' ``Unnamed: 0``),
+    is named ``rownames``, ``id`` or ``index`` (any case), or holds the integers 0..N-1 or 1..N
+    in order.
+    """
+    why = _index_name(name)
+    if why:
+        return why
+    k = table.header.index(name)
+    try:
+        values = [float(row[k]) for row in table.rows]
+    except ValueError:
+        return None
+    for start in (0, 1):
+        if values == [float(i) for i in range(start, start + len(values))]:
+            return f"holds the integers {start}..{start + len(values) - 1} in order"
+    return None
+
+
 # ---------------------------------------------------------------------- commands
 
 
@@ -146,6 +196,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .training.fit import fit
     from .training.streaming import TableSource
 
+    def say(text: str) -> None:  # under torchrun, rank 0 alone reports
+        if launched_rank() == 0:
+            print(text)
+
     targets = _split_names(args.target)
     if not targets:
         raise InputError("--target names no column")
@@ -153,20 +207,43 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.stream or parquet or len(args.data) > 1:
         features = _split_names(args.features) if args.features else None
         source = TableSource(args.data, targets, features, chunk_rows=args.chunk_rows)
+        if features is None:  # row-index columns by name only: the rows are not read here
+            names = {c: _index_name(c) for c in source.features}
+            if any(names.values()):
+                for c, why in names.items():
+                    if why:
+                        say(f"left out column {c!r}: it looks like a row index ({why}); "
+                              "name it in --features to use it as a feature")  # fmt: skip
+                kept = [c for c, why in names.items() if not why]
+                if not kept:
+                    raise InputError(
+                        f"no feature columns left besides the targets {targets}; pass --features"
+                    )
+                source = TableSource(args.data, targets, kept, chunk_rows=args.chunk_rows)
         data, features, rows = (source,), source.features, "streamed"
     else:
         table = read_csv(args.data[0])
-        features = (
-            _split_names(args.features)
-            if args.features
-            else [c for c in table.header if c not in targets]
-        )
+        features = _split_names(args.features) if args.features else None
+        if features is None:
+            features = []
+            for c in table.header:
+                if c in targets:
+                    continue
+                why = index_like(table, c)
+                if why is None:
+                    features.append(c)
+                else:
+                    say(
+                        f"left out column {c!r}: it looks like a row index ({why}); "
+                        "name it in --features to use it as a feature"
+                    )
         if not features:
             raise InputError(
                 f"no feature columns left besides the targets {targets}; pass --features"
             )
         data = (columns(table, features).float(), columns(table, targets).float())
         rows = len(data[0])
+    say(f"features ({len(features)}): {', '.join(features)}; targets: {', '.join(targets)}")
     hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(args.seed)
@@ -183,6 +260,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         model,
         *data,
         max_epochs=args.epochs,
+        max_steps=args.steps,
+        patience=None if args.patience == 0 else args.patience,
         batch_size=args.batch_size,
         random_state=args.seed,
         progress=not args.quiet,
@@ -192,20 +271,34 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     trained_on = ",".join(str(p) for p in args.data)
     save(model, args.output, metadata={"trained_on": trained_on, "rows": rows})
     val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
-    print(f"trained {history.epochs} epochs in {history.time_s:.1f} s{val}; wrote {args.output}")
+    stop = " (stopped early)" if history.stopped_early else ""
+    print(
+        f"trained {history.epochs} epochs{stop} in {history.time_s:.1f} s{val}; "
+        f"best epoch {history.best_epoch + 1}; wrote {args.output}"
+    )
     return 0
 
 
 def _load_with_data(args: argparse.Namespace):
+    """The model, the table and its feature columns, matched by the names the model records."""
     from .io import load
 
     model = load(args.model)
     table = read_csv(args.data)
-    features = model.feature_names or table.header[: model.in_features]
+    features = model.feature_names
+    if features is None:  # a model saved without column names: the first columns, in order
+        if len(table.header) < model.in_features:
+            raise ModelFileError(
+                f"the model {args.model} records no feature names and needs "
+                f"{model.in_features} feature columns; {args.data} has {len(table.header)}"
+            )
+        features = table.header[: model.in_features]
     missing = [c for c in features if c not in table.header]
     if missing:
         raise ModelFileError(
-            f"the model {args.model} expects feature columns {features}; {args.data} lacks {missing}"
+            f"the model {args.model} was trained on the feature columns {features}; "
+            f"{args.data} lacks {missing} (its columns: {table.header}). Rename the columns "
+            "to match, or train a model on these columns"
         )
     x = columns(table, features).to(model.x_loc.dtype)
     return model, table, x
@@ -215,13 +308,85 @@ def _target_names(model) -> list[str]:
     return model.target_names or [f"y{i}" for i in range(model.out_features)]
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    model, _, x = _load_with_data(args)
+def _pct(level: float) -> str:
+    """``0.9`` -> ``"90"``, ``0.975`` -> ``"97.5"`` (for column names)."""
+    return f"{100 * level:.10g}"
+
+
+def _interval_text(pairs: list[tuple[float, float]]) -> str:
+    return " ∪ ".join(f"[{a:.4g}, {b:.4g}]" for a, b in pairs)
+
+
+def _predictions(
+    args: argparse.Namespace, model, x: torch.Tensor
+) -> tuple[list[str], list[list], dict[str, str]]:
+    """Column names, rows (numbers, or lists for HDRs and modes) and the kind of each
+    non-numeric column (``"hdr"`` or ``"modes"``) of ``predict``."""
+    names = _target_names(model)
+    quantiles = _levels(args.quantiles, "--quantiles") if args.quantiles else []
+    intervals = _levels(args.interval, "--interval") if args.interval else []
+    hdrs = _levels(args.hdr, "--hdr") if args.hdr else []
     with torch.no_grad():
         dist = model(x)
-        out = torch.cat([dist.mean, dist.stddev], -1)
-    names = _target_names(model)
-    write_csv(args.output, [f"{n}_mean" for n in names] + [f"{n}_std" for n in names], out)
+        marg = [dist.marginal([k]) for k in range(len(names))]
+        cols: list[tuple[str, list]] = []
+        kinds: dict[str, str] = {}  # columns that are not plain numbers
+        for name, value in zip(names, dist.mean.T, strict=True):
+            cols.append((f"{name}_mean", value.tolist()))
+        for name, value in zip(names, dist.stddev.T, strict=True):
+            cols.append((f"{name}_std", value.tolist()))
+        for name, m in zip(names, marg, strict=True):
+            for q in quantiles:
+                cols.append((f"{name}_q{_pct(q)}", m.icdf(q)[:, 0].tolist()))
+            for level in intervals:
+                low, high = m.interval(level)
+                cols.append((f"{name}_lo{_pct(level)}", low[:, 0].tolist()))
+                cols.append((f"{name}_hi{_pct(level)}", high[:, 0].tolist()))
+            for level in hdrs:
+                regions = m.hdr(level)
+                cols.append((f"{name}_hdr{_pct(level)}", [[list(p) for p in r] for r in regions]))
+                kinds[cols[-1][0]] = "hdr"
+        if args.modes:
+            found = dist.modes()
+            modes = [
+                [loc.tolist() for loc, ok in zip(row_loc, row_ok, strict=True) if ok]
+                for row_loc, row_ok in zip(found.loc, found.valid, strict=True)
+            ]
+            cols.append(("_".join(names) + "_modes", modes))
+            kinds[cols[-1][0]] = "modes"
+    header = [c for c, _ in cols]
+    return header, [list(r) for r in zip(*(v for _, v in cols), strict=True)], kinds
+
+
+def _cell(value: Any, kind: str | None) -> str:
+    """A CSV cell: numbers as ``%.8g``, HDRs as ``[a, b] ∪ [c, d]``, modes (best first) as
+    ``a; b`` (d = 1) or ``(a1, a2); (b1, b2)``."""
+    if kind is None:
+        return f"{value:.8g}"
+    if kind == "hdr":
+        return _interval_text([tuple(p) for p in value])
+    return "; ".join(
+        f"{m[0]:.4g}" if len(m) == 1 else "(" + ", ".join(f"{v:.4g}" for v in m) + ")"
+        for m in value
+    )
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    model, _, x = _load_with_data(args)
+    header, rows, kinds = _predictions(args, model, x)
+    if args.json:
+        import json
+
+        f = sys.stdout if args.output is None else open(args.output, "w")  # noqa: SIM115
+        try:
+            for r in rows:
+                f.write(json.dumps(dict(zip(header, r, strict=True))) + "\n")
+        finally:
+            if args.output is not None:
+                f.close()
+        return 0
+    cells = [[_cell(v, kinds.get(c)) for c, v in zip(header, r, strict=True)] for r in rows]
+    write_csv(args.output, header, torch.empty(len(cells), 0), cells)
     return 0
 
 
@@ -238,13 +403,35 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_columns(args: argparse.Namespace, model) -> list[str]:
+    """The CSV columns holding the model's targets: by name, or ``MODEL_NAME=COLUMN``."""
+    trained = model.target_names
+    if not args.target:
+        return _target_names(model)
+    given = _split_names(args.target)
+    if len(given) != model.out_features:
+        raise ModelFileError(
+            f"the model predicts {model.out_features} target(s) {trained or ''}; --target names "
+            f"{len(given)}: {given}"
+        )
+    out = []
+    for k, item in enumerate(given):
+        name, sep, column = item.partition("=")
+        name, column = name.strip(), (column.strip() if sep else name.strip())
+        if trained is not None and name != trained[k]:
+            raise ModelFileError(
+                f"the model {args.model} was trained to predict {trained}; --target names "
+                f"{name!r} in place of {trained[k]!r}. Evaluate with --target {trained[k]}, or, "
+                f"if the column is only named differently here, --target {trained[k]}={name}"
+            )
+        out.append(column)
+    return out
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, table, x = _load_with_data(args)
-    targets = _split_names(args.target) if args.target else _target_names(model)
-    if len(targets) != model.out_features:
-        raise ModelFileError(
-            f"the model predicts {model.out_features} target(s); --target names {len(targets)}: {targets}"
-        )
+    targets = _target_columns(args, model)
+    levels = _levels(args.level, "--level")
     y = columns(table, targets).to(x.dtype)
     from . import metrics
 
@@ -256,10 +443,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             gen = torch.Generator(device=y.device).manual_seed(0)
             score = f"mean energy score {metrics.energy_score(dist, y, generator=gen).item():.4f}"
-        coverage = metrics.interval_coverage(dist, y, level=0.9).item()
+        coverage = [metrics.interval_coverage(dist, y, level=lv).item() for lv in levels]
     print(f"mean NLL {nll:.4f} nats over {len(x)} rows")
     print(f"{score} (in target units; lower is better)")
-    print(f"90% interval coverage {coverage:.3f} (ideal 0.900)")
+    for level, c in zip(levels, coverage, strict=True):
+        print(f"{_pct(level)}% interval coverage {c:.3f} (ideal {level:.3f})")
     if args.plots:
         from .plot import evaluation_plots
 
@@ -284,19 +472,51 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that states every option's default: ``(default: X)`` appended, ``off`` for flags;
+    an option whose default is ``None`` says in its own words what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        if action.default is False:
+            return text + " (default: off)"
+        return super()._get_help_string(action)
+
+
+def _patience(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or an integer >= 0; got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0; got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="torchmdn", description="Mixture density networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(
-        "demo", help="train a demo model (default: Bishop's inverse problem) and plot"
-    )
+        "demo", help="train a demo model (default: Bishop's inverse problem) and plot",
+        formatter_class=_Help,
+    )  # fmt: skip
     d.add_argument("name", nargs="?", default="bishop", choices=["bishop", "handwriting", "storms", "speech"],
                    help="bishop (default), handwriting or storms (these two need torchmdn[data]), "
                         "speech (needs torchmdn[speech]; a few minutes)")  # fmt: skip
-    d.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="demo-out", help="output folder")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the data and the training")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(run=_cmd_demo)
 
@@ -304,46 +524,84 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="train an MDN on a CSV file (or stream CSV/Parquet files; data parallel "
         "under torchrun --nproc_per_node=N -m torchmdn fit ...)",
+        description="Train an MDN. How long: by default clip(2.5 N, 3000, 20000) optimiser "
+        "steps for N training rows, with early stopping on a 10% validation split once its "
+        "NLL has not improved for max(20, 20% of the epochs) epochs; the best epoch is kept "
+        "(the rule of torchmdn.fit and MDNRegressor).",
+        formatter_class=_Help,
     )
     f.add_argument("data", nargs="+", help="CSV file with a header row, or CSV/Parquet files")
     f.add_argument("--stream", action="store_true",
                    help="read the data in chunks (implied by Parquet or several files)")  # fmt: skip
     f.add_argument("--chunk-rows", type=int, default=65_536, help="rows per chunk when streaming")
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--target", required=True, help="target column(s), comma-separated")
-    f.add_argument("--features", help="feature columns (default: all other columns)")
+    f.add_argument("--batch-size", type=int, default=128, help="rows per optimiser step")
+    f.add_argument("--target", required=True, help="target column(s), comma-separated (required)")
     f.add_argument(
-        "--components", type=int, default=5, help="mixture components (default 5, as MDN)"
+        "--features",
+        help="feature columns, comma-separated (default: all other columns except row-index "
+        "columns: unnamed, rownames, id, index, or the integers 0..N-1 / 1..N in order)",
     )
-    f.add_argument("--covariance", choices=["diagonal", "isotropic", "full"], default="diagonal")
-    f.add_argument("--hidden", help="hidden layer widths, e.g. 128,128")
-    f.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--quiet", action="store_true")
-    f.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    f.add_argument("--components", type=int, default=5, help="mixture components")
+    f.add_argument("--covariance", choices=["diagonal", "isotropic", "full"], default="diagonal",
+                   help="covariance of each component (matters for several targets)")  # fmt: skip
+    f.add_argument("--hidden", default="128,128", help="hidden layer widths, comma-separated")
+    f.add_argument("--steps", type=int,
+                   help="optimiser steps (default: clip(2.5 N, 3000, 20000) for N training rows)")  # fmt: skip
+    f.add_argument("--epochs", type=int,
+                   help="passes over the data, instead of --steps (default: steps / steps per epoch)")  # fmt: skip
+    f.add_argument("--patience", type=_patience, default="auto",
+                   help="stop after this many epochs without a better validation NLL; 'auto': "
+                        "max(20, 20%% of the epochs); 0: never stop early")  # fmt: skip
+    f.add_argument(
+        "--seed", type=int, default=0, help="random seed of the split, batches and weights"
+    )
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument(
+        "-o", "--output", required=True, help="model file to write (.safetensors; required)"
+    )
     f.set_defaults(run=_cmd_fit)
 
     for name, fn, helptext in (
-        ("predict", _cmd_predict, "mean and standard deviation per target"),
+        ("predict", _cmd_predict, "mean and standard deviation per target, and on request "
+         "quantiles, central intervals, highest-density regions and modes"),
         ("sample", _cmd_sample, "draw samples of the targets"),
-        ("evaluate", _cmd_evaluate, "NLL, CRPS/energy score, 90%% coverage (and plots)"),
-    ):
-        c = sub.add_parser(name, help=helptext)
+        ("evaluate", _cmd_evaluate, "NLL, CRPS/energy score, interval coverage (and plots)"),
+    ):  # fmt: skip
+        c = sub.add_parser(name, help=helptext, description=helptext, formatter_class=_Help)
         c.add_argument("model", help="model file written by 'torchmdn fit'")
-        c.add_argument("data", help="CSV file with the model's feature columns")
+        c.add_argument("data", help="CSV file with the model's feature columns (matched by name)")
+        if name == "predict":
+            c.add_argument("--quantiles", help="quantile levels, e.g. 0.05,0.5,0.95: columns "
+                           "<target>_q5, _q50, _q95 (default: none)")  # fmt: skip
+            c.add_argument("--interval", help="central interval levels, e.g. 0.9: columns "
+                           "<target>_lo90, <target>_hi90 (default: none)")  # fmt: skip
+            c.add_argument("--hdr", help="highest-density region levels, e.g. 0.9: column "
+                           "<target>_hdr90 as '[a, b] ∪ [c, d]' (default: none)")  # fmt: skip
+            c.add_argument("--modes", action="store_true",
+                           help="column <targets>_modes: the local modes, most probable first, "
+                                "negligible ones (density < 1%% of the highest) left out")  # fmt: skip
+            c.add_argument("--json", action="store_true",
+                           help="write JSON Lines (one object per row; HDRs as [[low, high], ...], "
+                                "modes as [[y...], ...]) instead of CSV")  # fmt: skip
         if name == "sample":
             c.add_argument("-n", type=int, default=10, help="draws per row")
-            c.add_argument("--seed", type=int, default=0)
+            c.add_argument("--seed", type=int, default=0, help="random seed of the draws")
         if name == "evaluate":
-            c.add_argument("--target", help="target column(s) (default: as at training)")
-            c.add_argument("--plots", help="folder to write diagnostic plots (PNG) into")
+            c.add_argument("--target", help="target column(s) (default: the model's, by name); "
+                           "TARGET=COLUMN when a column is named differently here")  # fmt: skip
+            c.add_argument("--level", default="0.9",
+                           help="central interval levels whose coverage is reported, e.g. 0.8,0.9,0.95")  # fmt: skip
+            c.add_argument(
+                "--plots", help="folder to write diagnostic plots (PNG) into (default: no plots)"
+            )
         else:
-            c.add_argument("-o", "--output", help="CSV to write (default: stdout)")
+            c.add_argument("-o", "--output", help="file to write (default: stdout)")
         c.set_defaults(run=fn)
 
     k = sub.add_parser(
         "kernel",
         help="build the compiled CPU likelihood kernel now (else on first use) and say where",
+        formatter_class=_Help,
     )
     k.add_argument("--rebuild", action="store_true", help="compile again even if cached")
     k.set_defaults(run=_cmd_kernel)
@@ -355,6 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # the reader went away (``torchmdn predict ... | head``): stop quietly, as Unix tools
+        # do, with the status of a process ended by SIGPIPE; stdout goes to /dev/null so
+        # that the final flush at exit does not complain again
+        _silence_stdout()
+        return 141
     except TorchMDNError as err:
         print(f"torchmdn {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -367,3 +631,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"torchmdn {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (a test's buffer)
+        pass

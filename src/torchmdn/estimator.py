@@ -7,7 +7,6 @@ NumPy/pandas conversion happens here, at the edge; everything below works on ten
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from .distributions.mixture import GaussianMixture
 from .errors import InputError
 from .nn.mdn import MDN
 from .training.fit import fit
+from .training.length import plan as plan_epochs
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
@@ -50,11 +50,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         and ``benchmarks/RESULTS.md`` ("UCI regression benchmark"). The result is the
         library's own defaults for :class:`~torchmdn.MDN` and :func:`~torchmdn.fit` (5
         components, two hidden layers of 128 SiLU units, ``min_scale=1e-3``, AdamW at 1e-2
-        with warm-up and cosine decay, batch 128, EMA 0.99 validated on 10% of the rows) plus
-        one rule for the length of training: about ``max_steps=3000`` optimiser steps
-        whatever the number of rows (about 1500 epochs for 250 rows, 60 for 7000), since
-        small data sets need many passes to fit sharp relationships and large ones few; 3000
-        steps take a few seconds on one core. Tried on the holdouts and rejected: noise
+        with warm-up and cosine decay, batch 128, EMA 0.99 validated on 10% of the rows) and
+        their rule for the length of training (:mod:`torchmdn.training.length`): 3000
+        optimiser steps up to 1200 training rows (about 1500 epochs for 250 rows), more for
+        larger data, with early stopping on the validation split; small data sets need many
+        passes to fit sharp relationships and large ones few. Tried on the holdouts and rejected: noise
         regularisation (``noise_x, noise_y`` = 0.05, 0.02 or 0.1, 0.05: yacht worse by 1-2
         nats, energy worse), ``weight_decay=0.01`` and 3 components (no change beyond the
         noise between splits), 1500 steps (energy worse). ``min_scale`` was not tuned. A
@@ -74,8 +74,10 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             standard deviations at the grid step / sqrt(12)), ``None`` (off), or the step(s)
             in y's units; see :class:`torchmdn.MDN`.
         max_epochs: passes over the training rows; ``None`` (default) derives them from
-            ``max_steps``: ``ceil(max_steps / steps_per_epoch)`` epochs.
-        max_steps: optimiser steps to aim for when ``max_epochs`` is ``None``.
+            the steps: ``ceil(steps / steps_per_epoch)`` epochs.
+        max_steps: optimiser steps to aim for when ``max_epochs`` is ``None``; ``None``
+            (default): the shared rule ``clip(2.5 N, 3000, 20000)`` for ``N`` training rows
+            (see :func:`torchmdn.fit`).
         batch_size: rows per optimiser step (at most the number of training rows).
         learning_rate: peak AdamW learning rate (5% linear warm-up, then cosine decay to 0).
         weight_decay: AdamW decoupled weight decay.
@@ -84,7 +86,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         validation_fraction: share of the training rows held out to pick the best epoch;
             with fewer than ``2 / validation_fraction`` rows no split is made and the
             training NLL picks it.
-        patience: stop after this many epochs without improvement (``None``: never).
+        patience: ``"auto"`` (default: stop after ``max(20, ceil(0.2 epochs))`` epochs
+            without a better validation NLL), ``None`` (never stop early) or epochs.
         ema_decay: decay of the moving average of the weights (0: off).
         random_state: ``None``, an int or a ``numpy.random.RandomState``; seeds the network's
             initialisation, the split, the batch order and the noise (the global torch random
@@ -123,14 +126,14 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         min_scale: float = 1e-3,
         target_resolution: str | float | Sequence[float] | None = "auto",
         max_epochs: int | None = None,
-        max_steps: int = 3000,
+        max_steps: int | None = None,
         batch_size: int = 128,
         learning_rate: float = 1e-2,
         weight_decay: float = 0.0,
         noise_x: float = 0.0,
         noise_y: float = 0.0,
         validation_fraction: float = 0.1,
-        patience: int | None = None,
+        patience: int | str | None = "auto",
         ema_decay: float = 0.99,
         random_state: int | np.random.RandomState | None = None,
         device: str = "cpu",
@@ -174,19 +177,17 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             )
         if self.dtype not in _DTYPES:
             raise InputError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
-        for name in ("max_steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InputError(f"{name} must be an integer >= 1; got {value!r}")
-        if self.max_epochs is not None and (
-            isinstance(self.max_epochs, bool)
-            or not isinstance(self.max_epochs, (int, np.integer))
-            or self.max_epochs < 1
-        ):
-            raise InputError(
-                f"max_epochs must be None (derive it from max_steps) or an integer >= 1; "
-                f"got {self.max_epochs!r}"
-            )
+        value = self.batch_size
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"batch_size must be an integer >= 1; got {value!r}")
+        plan_epochs(1, int(value), *self._length())  # checks max_epochs, max_steps, patience
+
+    def _length(self) -> tuple[Any, Any, Any]:
+        """``max_epochs``, ``max_steps`` and ``patience`` with NumPy integers made ints."""
+        return tuple(
+            int(v) if isinstance(v, np.integer) else v
+            for v in (self.max_epochs, self.max_steps, self.patience)
+        )
 
     def _check_frame(self, X: Any, name: str) -> None:
         """Name the non-numeric columns of a DataFrame (check_array's message does not)."""
@@ -254,10 +255,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             val_fraction = 0.0  # too few rows to hold any out: the training NLL picks the epoch
         n_train = n - int(round(val_fraction * n))
         batch_size = int(min(self.batch_size, n_train))
-        if self.max_epochs is not None:
-            epochs = int(self.max_epochs)
-        else:
-            epochs = math.ceil(self.max_steps / math.ceil(n_train / batch_size))
+        max_epochs, max_steps, patience = self._length()
         with torch.random.fork_rng(devices=[]):  # seeded init; global RNG state restored
             torch.default_generator.manual_seed(seed)
             model = MDN(
@@ -275,12 +273,13 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             model,
             self._tensor(X),
             self._tensor(y2),
-            max_epochs=epochs,
+            max_epochs=max_epochs,
+            max_steps=max_steps,
             batch_size=batch_size,
             lr=self.learning_rate,
             weight_decay=self.weight_decay,
             validation_fraction=val_fraction,
-            patience=self.patience,
+            patience=patience,
             ema_decay=self.ema_decay,
             noise_x=self.noise_x,
             noise_y=self.noise_y,

@@ -52,6 +52,8 @@ def conditional_density(
     ax: Any = None,
     cmap: str = "magma",
     modes: bool = False,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
 ) -> Any:
     """Heat map of ``p(y | x)`` for a model with one input and one target.
 
@@ -63,7 +65,10 @@ def conditional_density(
         resolution: grid points per axis.
         ax: the Axes to draw into.
         modes: overlay the local modes of each ``p(y | x)`` (needs a ``GaussianMixture``)
-            whose density is at least 1% of the highest mode's; marker size grows with it.
+            that :meth:`~torchmdn.GaussianMixture.modes` keeps by default (density at least
+            5% of the highest mode's); marker size grows with the density.
+        xlabel, ylabel: axis labels; default: the model's ``feature_names`` /
+            ``target_names`` when it records them, else ``x`` and ``y``.
     """
     plt = require_matplotlib()
     if ax is None:
@@ -95,15 +100,17 @@ def conditional_density(
         norm=PowerNorm(0.5, vmin=0.0, vmax=vmax),
     )
     ax.figure.colorbar(mesh, ax=ax, label="p(y | x)")
-    if data is not None:
+    if data is not None:  # white dots with a dark rim: visible on dark and bright density
         ax.scatter(
             data[0].detach().cpu().flatten().numpy(),
             data[1].detach().cpu().flatten().numpy(),
-            s=2,
-            c="cyan",
-            alpha=0.3,
-            linewidths=0,
+            s=9,
+            c="white",
+            edgecolors="black",
+            linewidths=0.4,
+            alpha=0.85,
             label="data",
+            zorder=3,
         )
     for cx, cy, label in curves or []:
         ax.plot(cx.cpu().numpy(), cy.cpu().numpy(), "w--", lw=1.2, label=label)
@@ -111,8 +118,8 @@ def conditional_density(
         _overlay_modes(ax, xs, dist)
     ax.set_xlim(*x_range)
     ax.set_ylim(*y_range)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    ax.set_xlabel(xlabel or _name(model, "feature_names", "x"))
+    ax.set_ylabel(ylabel or _name(model, "target_names", "y"))
     if data is not None or curves or modes:
         ax.legend(loc="upper left", fontsize=8)
     return ax
@@ -130,12 +137,16 @@ def _overlay_modes(ax: Any, xs: Tensor, dist: Distribution) -> None:
     size = found.density.cpu()
     size = 2 + 18 * size / size.max().clamp_min(1e-300)
     xk = xs.cpu().unsqueeze(-1).expand_as(loc)
-    # mathematically every negligible component far from the data can be a local mode too;
-    # only modes holding at least 1% of the highest density at that x are drawn
-    ok = found.valid.cpu() & (found.density.cpu() >= 0.01 * found.density.cpu()[..., :1])
+    ok = found.valid.cpu()  # negligible modes are already left out by modes()
     ax.scatter(
         xk[ok].numpy(), loc[ok].numpy(), s=size[ok].numpy(), c="lime", linewidths=0, label="modes"
     )
+
+
+def _name(model: object, attribute: str, default: str) -> str:
+    """The model's one column name in ``attribute`` (feature_names, target_names), if any."""
+    names = getattr(model, attribute, None)
+    return names[0] if names and len(names) == 1 else default
 
 
 def _one_d(dist: object, what: str) -> GaussianMixture:
@@ -162,6 +173,8 @@ def quantile_fan(
     y: Tensor | None = None,
     ax: Any = None,
     color: str = "C0",
+    xlabel: str = "x",
+    ylabel: str = "y",
 ) -> Any:
     """Quantile fan chart: nested central intervals and the median of ``p(y | x)`` along ``x``.
 
@@ -173,6 +186,7 @@ def quantile_fan(
         y: optional ``(R,)`` or ``(R, 1)`` observations drawn as points.
         ax: the Axes to draw into.
         color: colour of the bands.
+        xlabel, ylabel: axis labels (column names, for example).
     """
     plt = require_matplotlib()
     dist = _one_d(dist, "quantile_fan")
@@ -203,9 +217,9 @@ def quantile_fan(
     ax.plot(xs, median[order, 0].cpu(), color=color, lw=1.5, label="median")
     if y is not None:
         yy = torch.as_tensor(y).reshape(-1)
-        ax.scatter(x.cpu(), yy.cpu(), s=3, c="k", alpha=0.4, linewidths=0, label="data")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+        ax.scatter(x.cpu(), yy.cpu(), s=10, c="k", alpha=0.7, linewidths=0, label="data", zorder=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(loc="best", fontsize=8)
     return ax
 
@@ -286,15 +300,21 @@ def density_contours(
     modes: bool = True,
     ax: Any = None,
     cmap: str = "viridis",
+    labels: tuple[str, str] = ("y₁", "y₂"),
 ) -> Any:
     """Contours of a 2-d predicted density ``p(y_1, y_2)``, with its modes and optional data.
+
+    The grid spans four standard deviations around the mean and covers every data point and
+    every mode drawn.
 
     Args:
         dist: one prediction with ``d = 2`` (batch shape ``()`` or any batch of one element).
         data: optional ``(N, 2)`` points drawn on top.
         resolution: grid points per axis.
-        modes: mark the local modes.
+        modes: mark the local modes (those :meth:`~torchmdn.GaussianMixture.modes` keeps by
+            default).
         ax: the Axes to draw into.
+        labels: the two axis labels (column names, for example).
     """
     plt = require_matplotlib()
     if not isinstance(dist, GaussianMixture):
@@ -317,24 +337,32 @@ def density_contours(
     with torch.no_grad():
         mean, sd = dist.mean[0], dist.stddev[0]
         lo, hi = mean - 4 * sd, mean + 4 * sd
+        found = dist.modes() if modes else None
+        if found is not None:
+            m = found.loc[0][found.valid[0]]
+            lo, hi = torch.minimum(lo, m.amin(0) - sd), torch.maximum(hi, m.amax(0) + sd)
         if data is not None:
             pts = torch.as_tensor(data, dtype=mean.dtype, device=mean.device).reshape(-1, 2)
-            lo, hi = torch.minimum(lo, pts.amin(0)), torch.maximum(hi, pts.amax(0))
+            pad = 0.03 * (pts.amax(0) - pts.amin(0))
+            lo = torch.minimum(lo, pts.amin(0) - pad)
+            hi = torch.maximum(hi, pts.amax(0) + pad)
         g1 = torch.linspace(lo[0].item(), hi[0].item(), resolution, dtype=mean.dtype)
         g2 = torch.linspace(lo[1].item(), hi[1].item(), resolution, dtype=mean.dtype)
         mesh = torch.stack(torch.meshgrid(g1, g2, indexing="xy"), -1).to(mean.device)
         dens = dist.log_prob(mesh.reshape(-1, 1, 2)).exp().reshape(resolution, resolution)
-        found = dist.modes() if modes else None
     cs = ax.contourf(g1.numpy(), g2.numpy(), dens.cpu().numpy(), levels=14, cmap=cmap)
     ax.figure.colorbar(cs, ax=ax, label="p(y₁, y₂)")
     if data is not None:
         p = pts.cpu()
-        ax.scatter(p[:, 0], p[:, 1], s=3, c="w", alpha=0.5, linewidths=0, label="data")
+        ax.scatter(p[:, 0], p[:, 1], s=10, c="white", edgecolors="black", linewidths=0.4,
+                   alpha=0.85, label="data", zorder=3)  # fmt: skip
     if found is not None:
         m = found.loc[0][found.valid[0]].cpu()
-        ax.scatter(m[:, 0], m[:, 1], marker="x", s=50, c="red", label="modes")
-    ax.set_xlabel("y₁")
-    ax.set_ylabel("y₂")
+        ax.scatter(m[:, 0], m[:, 1], marker="x", s=60, c="red", label="modes", zorder=4)
+    ax.set_xlim(g1[0].item(), g1[-1].item())
+    ax.set_ylim(g2[0].item(), g2[-1].item())
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
     if data is not None or found is not None:
         ax.legend(loc="upper left", fontsize=8)
     return ax
@@ -381,8 +409,8 @@ def evaluation_plots(
                 median = dist.icdf(torch.tensor(0.5, dtype=y.dtype, device=y.device))[:, 0]
             pos = median.argsort().argsort().to(y.dtype)
             label = "rows ranked by predicted median"
-        ax = quantile_fan(pos, dist, y=y[:, 0])
-        ax.set_xlabel(label)
+        targets = getattr(model, "target_names", None)
+        ax = quantile_fan(pos, dist, y=y[:, 0], xlabel=label, ylabel=targets[0] if targets else "y")
         save(ax, "fan.png")
         if x.shape[-1] == 1:
             pad_x = 0.05 * float(x.max() - x.min()) or 1.0
@@ -398,7 +426,8 @@ def evaluation_plots(
     elif y.shape[-1] == 2:
         with torch.no_grad():
             first = model(x[:1])
-        ax = density_contours(first, data=y)
+        targets = getattr(model, "target_names", None) or ["y₁", "y₂"]
+        ax = density_contours(first, data=y, labels=(targets[0], targets[1]))
         ax.set_title("p(y | x) for the first row; points: all targets")
         save(ax, "contours.png")
     return written

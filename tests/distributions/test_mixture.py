@@ -294,3 +294,34 @@ def test_log_prob_validates_value_shape():
     gm._validate_args = True
     with pytest.raises(ValueError):
         gm.log_prob(torch.zeros(2, dtype=F64))
+
+
+@pytest.mark.parametrize("validate_args", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_value_without_the_event_axis_is_refused_with_both_shapes_and_the_fix(
+    kind, validate_args
+):
+    # y of shape (N,) against a batch (N,) of 1-d mixtures broadcasts to (N, N) numbers
+    # that mean nothing; every method that takes a value refuses it, whatever validate_args
+    torch.manual_seed(0)
+    gm = make(kind, (6,), 3, 1)
+    gm = type(gm)(gm.logits, gm.loc, gm.scale, gm.scale_tril, validate_args=validate_args)
+    y = torch.randn(6, 1, dtype=F64)
+    for method in (gm.log_prob, gm.joint_log_prob, gm.cdf):
+        with pytest.raises(InputError) as info:
+            method(y[:, 0])
+        message = str(info.value)
+        assert "(6,)" in message and "(..., 6, 1)" in message and "reshape(-1, 1)" in message
+        assert method(y).shape[0] == 6  # the right shape still works
+    d2 = make(kind, (4,), 2, 2)
+    with pytest.raises(InputError, match=r"reshape\(-1, 2\)"):
+        d2.log_prob(torch.zeros(4, 3, dtype=F64))
+
+
+def test_the_event_shape_check_also_guards_a_heads_lazy_output():
+    from torchmdn import MDN
+
+    model = MDN(1, 1, hidden=(4,))
+    dist = model(torch.zeros(5, 1))
+    with pytest.raises(InputError, match=r"has shape \(5,\)"):
+        dist.log_prob(torch.zeros(5))

@@ -72,3 +72,24 @@ def test_modes_batched_with_padding():
     assert torch.isnan(found.loc[1, 1]).all() and found.log_prob[1, 1] == -math.inf
     torch.testing.assert_close(gm.mode()[1], torch.tensor([1.0], dtype=F64))
     assert found.density[1, 1] == 0
+
+
+def test_negligible_modes_are_left_out_by_default():
+    # a component of weight 1e-4 far from the others is a local mode of density ~1e-4 of the
+    # main one: left out by default, returned with min_relative_density=0
+    logits = torch.tensor([0.0, 0.0, math.log(1e-4)], dtype=F64)
+    loc = torch.tensor([[-2.0], [2.0], [9.0]], dtype=F64)
+    gm = GaussianMixture(logits, loc, scale=torch.full((3, 1), 0.5, dtype=F64))
+    kept = gm.modes()
+    assert int(kept.valid.sum()) == 2
+    torch.testing.assert_close(
+        kept.loc[kept.valid][:, 0].sort().values.abs(),
+        torch.full((2,), 2.0, dtype=F64),
+        atol=1e-3,
+        rtol=0,
+    )
+    everything = gm.modes(min_relative_density=0)
+    assert int(everything.valid.sum()) == 3
+    assert 9.0 in everything.loc[everything.valid][:, 0].round(decimals=3).tolist()
+    with pytest.raises(Exception, match="min_relative_density"):
+        gm.modes(min_relative_density=1.5)

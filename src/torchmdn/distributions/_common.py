@@ -21,6 +21,7 @@ __all__ = [
     "check_dims",
     "check_event",
     "check_level",
+    "check_value_shape",
     "component_std",
     "dim",
     "seeded_generator",
@@ -64,13 +65,33 @@ def as_value(gm: GaussianMixture, value: object, name: str) -> Tensor:
     return value
 
 
+def check_value_shape(gm: GaussianMixture, value: object, name: str = "value") -> None:
+    """Refuse a value whose last axis is not the mixture's event shape ``(d,)``.
+
+    Always on (not only under ``validate_args``): a ``(N,)`` value given to a mixture with
+    event shape ``(1,)`` would otherwise broadcast into numbers that mean nothing. Reads shapes
+    only (no tensor is touched, no parameter is split off a head's output), so it costs about a
+    microsecond.
+    """
+    event = gm.event_shape
+    shape = getattr(value, "shape", None)
+    if shape is not None and shape[-1:] == event:
+        return
+    if not isinstance(value, Tensor):
+        raise InputTypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    d = event[0]
+    batch = tuple(gm.batch_shape)
+    expected = ", ".join(map(str, (*batch, d)))
+    raise InputError(
+        f"{name} has shape {tuple(value.shape)}, but this mixture (batch shape {batch}, event "
+        f"shape ({d},)) needs shape (..., {expected}): the last axis must be the target "
+        f"dimension d = {d}. Fix: {name}.reshape(-1, {d}) (one row per prediction)"
+    )
+
+
 def check_event(gm: GaussianMixture, y: Tensor, name: str) -> None:
+    check_value_shape(gm, y, name)
     d = dim(gm)
-    if y.dim() < 1 or y.shape[-1] != d:
-        raise InputError(
-            f"{name} must have shape (*batch, {d}) (the event shape is ({d},)); got shape "
-            f"{tuple(y.shape)}. For d = 1 add the last axis: {name}.unsqueeze(-1)"
-        )
     broadcast(
         f"{name} of shape {tuple(y.shape)} does not broadcast against the batch shape "
         f"{tuple(gm.batch_shape)}: expected (*sample, {', '.join(map(str, gm.batch_shape))}"

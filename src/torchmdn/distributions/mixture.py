@@ -51,6 +51,7 @@ from torch.distributions.utils import lazy_property
 
 from ..errors import InputError, InputTypeError
 from ..ops import fused, layout, reference
+from ._common import check_value_shape
 from .covariance import Covariance, at_least_float32
 
 __all__ = ["GaussianMixture"]
@@ -350,8 +351,9 @@ class GaussianMixture(Distribution):
 
         One fused computation with a hand-written backward (:mod:`torchmdn.ops.fused`); twice
         differentiable. Computed in the promoted dtype of the parameters and ``value``, at
-        least float32.
+        least float32. ``value`` must end in the event shape ``(d,)`` (checked always).
         """
+        check_value_shape(self, value)
         if self._validate_args:
             self._validate_sample(value)
         if not _USE_FUSED:
@@ -374,6 +376,7 @@ class GaussianMixture(Distribution):
         Its ``logsumexp`` over the last dimension is :meth:`log_prob`; its ``softmax`` is the
         posterior responsibility of each component for ``value``.
         """
+        check_value_shape(self, value)
         if self._validate_args:
             self._validate_sample(value)
         if self._kind == _FULL:
@@ -442,14 +445,18 @@ class GaussianMixture(Distribution):
 
         return hdr(self, level)
 
-    def modes(self, max_iter: int = 2000, tol: float | None = None):
-        """All local modes ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))``, best first.
+    def modes(
+        self, max_iter: int = 2000, tol: float | None = None, min_relative_density: float = 0.05
+    ):
+        """Local modes ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))``, best first.
 
-        Fixed-point iteration from every component mean; see ``torchmdn.distributions.modes``.
+        Fixed-point iteration from every component mean; modes with less than
+        ``min_relative_density`` of the highest mode's density are left out (0: all); see
+        ``torchmdn.distributions.modes``.
         """
         from .modes import modes
 
-        return modes(self, max_iter=max_iter, tol=tol)
+        return modes(self, max_iter=max_iter, tol=tol, min_relative_density=min_relative_density)
 
     def mode(self, max_iter: int = 2000, tol: float | None = None) -> Tensor:  # type: ignore[override]
         """The global mode, ``(*B, d)``.

@@ -5,11 +5,13 @@ covariances; results deduplicated and sorted best first.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ._common import component_std, dim
 
 if TYPE_CHECKING:
@@ -48,8 +50,17 @@ def _precisions(gm: GaussianMixture) -> Tensor:
     return component_std(gm).square().reciprocal()
 
 
-def modes(gm: GaussianMixture, max_iter: int = 2000, tol: float | None = None) -> Modes:
-    r"""All local modes of each mixture, with their log densities.
+#: modes whose density is below this share of the highest mode's are left out by default
+MIN_RELATIVE_DENSITY = 0.05
+
+
+def modes(
+    gm: GaussianMixture,
+    max_iter: int = 2000,
+    tol: float | None = None,
+    min_relative_density: float = MIN_RELATIVE_DENSITY,
+) -> Modes:
+    r"""The local modes of each mixture that matter, with their log densities.
 
     Starts the fixed-point (mean-shift) iteration of Carreira-Perpiñán (2000),
 
@@ -65,16 +76,26 @@ def modes(gm: GaussianMixture, max_iter: int = 2000, tol: float | None = None) -
     mixtures. Convergence is linear; near a flat top (two components about to merge) it is slow,
     hence the generous ``max_iter``.
 
+    Mathematically every component of negligible weight far from the others is a local mode
+    too; modes whose density is below ``min_relative_density`` times the highest mode's density
+    (default 5%) are left out. Pass ``min_relative_density=0`` to get them all.
+
     Args:
         gm: the mixture (diagonal, isotropic or full), batch shape ``B``, event ``(d,)``.
         max_iter: iteration cap.
         tol: stopping step size in local standard deviations (default ``1e-10`` in float64,
             ``1e-4`` in lower precision).
+        min_relative_density: leave out modes whose density is below this share of the
+            highest mode's (in ``[0, 1)``; 0 keeps every mode).
 
     Returns:
         :class:`Modes` ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))`` sorted by density,
         highest first; ``k`` is the largest number of modes in the batch.
     """
+    if not 0.0 <= min_relative_density < 1.0:
+        raise InputError(
+            f"min_relative_density must be in [0, 1) (0 keeps every mode); got {min_relative_density!r}"
+        )
     if tol is None:
         tol = 1e-10 if gm.loc.dtype == torch.float64 else 1e-4
     full = gm.covariance_type == "full"
@@ -138,6 +159,9 @@ def modes(gm: GaussianMixture, max_iter: int = 2000, tol: float | None = None) -
     )  # [*B, s, t]: t better than s
     keep = ~(close & better).any(-1)
     keep = keep & (logw > -torch.inf)  # a zero-weight component's mean is no start at all
+    if min_relative_density > 0:
+        best = torch.where(keep, logp, -torch.inf).amax(-1, keepdim=True)
+        keep = keep & (logp >= best + math.log(min_relative_density))
     score = torch.where(keep, logp, -torch.inf)
     order = score.argsort(-1, descending=True)
     k = max(int(keep.sum(-1).max().item()), 1) if keep.numel() else 1

@@ -262,11 +262,22 @@ class MDNHead(nn.Module):
         )
 
 
+def _as_model_dtype(t: Tensor, like: Tensor, name: str) -> Tensor:
+    """``t`` in the model's dtype: any real dtype is accepted and cast (a float64 tensor from
+    ``torch.tensor(df.values)`` given to a float32 model), a complex or bool one refused."""
+    if t.dtype == like.dtype:
+        return t
+    if t.is_complex() or t.dtype == torch.bool:
+        raise InputError(f"{name} must hold real numbers; got dtype {t.dtype}")
+    return t.to(like.dtype)
+
+
 class MDN(nn.Module):
     """A mixture density network: MLP backbone + :class:`MDNHead`, with built-in standardisation.
 
     ``model(x)`` returns a :class:`~torchmdn.GaussianMixture` over ``y`` in the user's units
-    (batch shape ``x.shape[:-1]``, event shape ``(out_features,)``).
+    (batch shape ``x.shape[:-1]``, event shape ``(out_features,)``). ``x`` and ``y`` of any
+    real dtype are cast to the model's dtype (that of its parameters) first.
 
     Args:
         in_features: number of input features.
@@ -408,7 +419,7 @@ class MDN(nn.Module):
                 f"got shape {tuple(x.shape)}"
                 + (". For one feature, use x.unsqueeze(-1)." if self.in_features == 1 else "")
             )
-        return x
+        return _as_model_dtype(x, self.x_loc, "x")
 
     def _check_y(self, y: Tensor) -> Tensor:
         if not isinstance(y, Tensor):
@@ -419,7 +430,7 @@ class MDN(nn.Module):
                 f"{self.out_features}); got shape {tuple(y.shape)}"
                 + (". For one target, use y.unsqueeze(-1)." if self.out_features == 1 else "")
             )
-        return y
+        return _as_model_dtype(y, self.y_loc, "y")
 
     @torch.no_grad()
     def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> MDN:

@@ -22,7 +22,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .distributed import Group, local_slice, process_group
+from .length import plan as plan_epochs
 from .loop import History, Run, Settings
 from .protocol import ConditionalDensity, TrainableMixture
 from .streaming import Scan, TableSource
@@ -57,7 +58,10 @@ def as_tensor_2d(
                 f"{name} must contain numbers only; got an array of dtype {arr.dtype}. "
                 "Convert or drop non-numeric columns (and columns of mixed types) first."
             )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # pandas' copy-on-write views: torch would warn
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
     if t.is_complex() or t.dtype == torch.bool:
         raise InputError(f"{name} must be real numbers; got dtype {t.dtype}")
     if t.dim() == 1:
@@ -82,13 +86,14 @@ def fit(
     x: Any,
     y: Any = None,
     *,
-    max_epochs: int = 300,
+    max_epochs: int | None = None,
+    max_steps: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
     validation_fraction: float = 0.1,
     validation_data: tuple[Any, Any] | None = None,
-    patience: int | None = None,
+    patience: int | str | None = "auto",
     warmup_fraction: float = 0.05,
     ema_decay: float = 0.99,
     clip_grad_norm: float | None = 10.0,
@@ -113,17 +118,24 @@ def fit(
         model: a module whose ``forward(x)`` returns a distribution over ``y`` (an
             :class:`~torchmdn.MDN` or any module returning a ``torch.distributions`` object).
         x, y: tensors or array-likes (NumPy, pandas) with one row per sample; 1-d means one
-            column. Or, for data larger than memory, a :class:`~torchmdn.TableSource` as
+            column. Any real dtype is cast to the model's dtype (that of its parameters). Or, for data larger than memory, a :class:`~torchmdn.TableSource` as
             ``x`` and no ``y``: then the normalisers, the head's initialisation and the
             validation set come from one streaming pass and bounded samples, and batches are
             shuffled within a bounded buffer (see :mod:`torchmdn.training.streaming`).
-        max_epochs: passes over the training rows (the learning-rate schedule spans them).
+        max_epochs, max_steps, patience: how long to train, by the rule that ``fit``, the
+            ``torchmdn fit`` command and :class:`~torchmdn.MDNRegressor` share
+            (:mod:`torchmdn.training.length`). By default (all ``None`` / ``"auto"``):
+            ``clip(2.5 N, 3000, 20000)`` optimiser steps for ``N`` training rows, as epochs
+            ``ceil(steps / steps_per_epoch)`` (the learning-rate schedule spans them), with
+            early stopping once the validation NLL has not improved for
+            ``max(20, ceil(0.2 epochs))`` epochs. ``max_steps`` sets the steps,
+            ``max_epochs`` the epochs directly (it wins over ``max_steps``); ``patience`` is
+            ``"auto"``, ``None`` (run every epoch) or a number of epochs. The best epoch is
+            restored either way.
         batch_size: samples per optimiser step.
         lr, weight_decay: peak AdamW learning rate and decoupled weight decay.
         validation_fraction: share of rows held out to pick the best epoch (0 for none);
             ignored when ``validation_data`` is given.
-        patience: stop after this many epochs without a better validation NLL (``None``:
-            run all epochs; the best epoch is restored either way).
         warmup_fraction: share of the steps with a linear warm-up; then cosine decay to 0.
         ema_decay: decay of the exponential moving average of the weights that is validated
             and returned (0: use the raw weights).
@@ -172,7 +184,8 @@ def fit(
         mean_grad_scaling=mean_grad_scaling, noise_x=noise_x, noise_y=noise_y,
         initialize=initialize, reseed_dead=reseed_dead, standardize=standardize,
     )  # fmt: skip
-    _check_arguments(settings, patience, checkpoint_every)
+    _check_arguments(settings, checkpoint_every)
+    plan_epochs(1, batch_size, max_epochs, max_steps, patience)  # checks them now
     params = list(model.parameters())
     if not params:
         raise InputError("the model has no parameters to train")
@@ -196,6 +209,8 @@ def fit(
         data, validation, fingerprint = _prepare_data(
             x, y, validation_data, validation_fraction, seed, gen, group, dtype, device
         )
+        epochs, patience = plan_epochs(data.n_train, batch_size, max_epochs, max_steps, patience)
+        settings = replace(settings, max_epochs=epochs)
         if resume is not None:
             _check_checkpoint(resume, ckpt, fingerprint, settings)
         else:
@@ -217,14 +232,11 @@ def fit(
 # ---------------------------------------------------------------------- the pieces of fit
 
 
-def _check_arguments(s: Settings, patience: int | None, checkpoint_every: int) -> None:
+def _check_arguments(s: Settings, checkpoint_every: int) -> None:
     """Reject out-of-range numeric arguments of ``fit``, naming the argument and its value."""
-    for name, value in (("max_epochs", s.max_epochs), ("batch_size", s.batch_size),
-                        ("checkpoint_every", checkpoint_every)):  # fmt: skip
+    for name, value in (("batch_size", s.batch_size), ("checkpoint_every", checkpoint_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be an integer >= 1; got {value!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise InputError(f"patience must be None or an integer >= 1; got {patience!r}")
     for name, value, lo, hi in (("lr", s.lr, 0, math.inf), ("weight_decay", s.weight_decay, 0, math.inf),
                                 ("noise_x", s.noise_x, 0, math.inf), ("noise_y", s.noise_y, 0, math.inf),
                                 ("ema_decay", s.ema_decay, 0, 1), ("warmup_fraction", s.warmup_fraction, 0, 1),

@@ -73,6 +73,21 @@ class History:
         """Number of epochs run."""
         return len(self.train_nll)
 
+    def __repr__(self) -> str:
+        # a summary, not thousands of per-epoch numbers (those stay in the attributes)
+        val = f", best_val_nll={self.best_val_nll:.4f}" if self.val_nll else ""
+        last = f", last train_nll={self.train_nll[-1]:.4f}" if self.train_nll else ""
+        flags = "".join(
+            f", {name}={value}"
+            for name, value in (("skipped_steps", self.skipped_steps),
+                                ("rollbacks", self.rollbacks), ("reseeded", self.reseeded))
+            if value
+        )  # fmt: skip
+        return (
+            f"History(epochs={self.epochs}, best_epoch={self.best_epoch}{val}{last}, "
+            f"stopped_early={self.stopped_early}{flags}, time_s={self.time_s:.1f})"
+        )
+
 
 @dataclass(frozen=True)
 class Settings:
