@@ -63,4 +63,5 @@ if __name__ == "__main__":
     p.add_argument("--out", default="mcycle-out", help="folder for the figure")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     args = p.parse_args()
+    torch.set_num_threads(1)  # small networks and batches: one thread is fastest
     main(args.out, args.seed)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +203,20 @@ def test_clear_errors_for_bad_input(fitted):
 def test_import_torchmdn_does_not_import_sklearn():
     code = "import sys, torchmdn; assert 'sklearn' not in sys.modules; torchmdn.MDNRegressor"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_estimator_takes_pandas_without_torch_warnings():
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("sklearn")
+    from torchmdn import MDNRegressor
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, generator=g)
+    y = x + 0.1 * torch.randn(60, 1, generator=g)
+    frame = pd.DataFrame({"x": x[:, 0].double().numpy(), "y": y[:, 0].double().numpy()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg = MDNRegressor(hidden_layer_sizes=(8,), n_components=2, max_epochs=2, random_state=0)
+        reg.fit(frame[["x"]], frame["y"])
+        assert math.isfinite(reg.log_likelihood(frame[["x"]], frame["y"]))
+        reg.predict_interval(frame[["x"]])

@@ -125,3 +125,46 @@ def test_cli_evaluate_prints_scores_and_writes_plots(bishop_model, tmp_path, cap
     assert 0 < crps < 1 and 0 <= cov <= 1 and math.isfinite(crps)
     for name in ("pit.png", "calibration.png", "fan.png", "density.png"):
         assert (out / name).stat().st_size > 1000, name
+
+
+def test_axes_carry_the_column_names_and_the_data_is_visible():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torchmdn.MDN(1, 1, n_components=2, hidden=(4,), feature_names=["waiting"],
+                             target_names=["eruptions"])  # fmt: skip
+    x, y = torch.rand(30), torch.rand(30)
+    ax = plot.conditional_density(model, (0, 1), (0, 1), data=(x, y), resolution=20)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("waiting", "eruptions")
+    dots = ax.collections[-1]
+    assert len(dots.get_offsets()) == 30
+    assert dots.get_sizes().min() >= 8 and dots.get_alpha() >= 0.8  # not 2 px at 30% opacity
+    assert dots.get_linewidths().max() > 0  # a rim sets them apart from any colour below
+    _, gm = bimodal_batch(10)
+    ax = plot.quantile_fan(torch.arange(10.0), gm, y=torch.zeros(10), xlabel="a", ylabel="b")
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("a", "b")
+
+
+def test_density_contours_grid_covers_every_mode_it_marks():
+    # a narrow component of weight 1% far out: a real mode, outside mean ± 4 sd
+    loc = torch.tensor([[0.0, 0.0], [20.0, 20.0]], dtype=F64)
+    scale = torch.tensor([[1.0, 1.0], [0.05, 0.05]], dtype=F64)
+    gm = GaussianMixture(torch.tensor([0.99, 0.01], dtype=F64).log(), loc, scale=scale)
+    assert (gm.mean + 4 * gm.stddev < 20).all()
+    ax = plot.density_contours(gm, labels=("cty", "hwy"), resolution=60)
+    marks = ax.collections[-1].get_offsets()
+    assert len(marks) == 2
+    grid = ax.collections[0].get_datalim(ax.transData)  # the filled contours: the grid
+    for mx, my in marks:
+        assert grid.x0 <= mx <= grid.x1 and grid.y0 <= my <= grid.y1, (grid, mx, my)
+    assert ax.get_xlim() == pytest.approx((grid.x0, grid.x1))  # no white margin
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("cty", "hwy")
+
+
+def test_plot_is_reachable_without_importing_it():
+    import subprocess
+    import sys
+
+    code = "import sys, torchmdn; assert 'torchmdn.plot' not in sys.modules; print(torchmdn.plot.conditional_density.__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "conditional_density"

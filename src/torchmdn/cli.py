@@ -526,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         "under torchrun --nproc_per_node=N -m torchmdn fit ...)",
         description="Train an MDN. How long: by default clip(2.5 N, 3000, 20000) optimiser "
         "steps for N training rows, with early stopping on a 10% validation split once its "
-        "NLL has not improved for max(20, 20% of the epochs) epochs; the best epoch is kept "
+        "NLL has not improved for clip(20% of the epochs, 20, 100) epochs; the best epoch is kept "
         "(the rule of torchmdn.fit and MDNRegressor).",
         formatter_class=_Help,
     )
@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes over the data, instead of --steps (default: steps / steps per epoch)")  # fmt: skip
     f.add_argument("--patience", type=_patience, default="auto",
                    help="stop after this many epochs without a better validation NLL; 'auto': "
-                        "max(20, 20%% of the epochs); 0: never stop early")  # fmt: skip
+                        "clip(20%% of the epochs, 20, 100); 0: never stop early")  # fmt: skip
     f.add_argument(
         "--seed", type=int, default=0, help="random seed of the split, batches and weights"
     )
@@ -579,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "<target>_hdr90 as '[a, b] ∪ [c, d]' (default: none)")  # fmt: skip
             c.add_argument("--modes", action="store_true",
                            help="column <targets>_modes: the local modes, most probable first, "
-                                "negligible ones (density < 1%% of the highest) left out")  # fmt: skip
+                                "negligible ones (density < 5%% of the highest) left out")  # fmt: skip
             c.add_argument("--json", action="store_true",
                            help="write JSON Lines (one object per row; HDRs as [[low, high], ...], "
                                 "modes as [[y...], ...]) instead of CSV")  # fmt: skip

@@ -86,7 +86,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         validation_fraction: share of the training rows held out to pick the best epoch;
             with fewer than ``2 / validation_fraction`` rows no split is made and the
             training NLL picks it.
-        patience: ``"auto"`` (default: stop after ``max(20, ceil(0.2 epochs))`` epochs
+        patience: ``"auto"`` (default: stop after ``clip(ceil(0.2 epochs), 20, 100)`` epochs
             without a better validation NLL), ``None`` (never stop early) or epochs.
         ema_decay: decay of the moving average of the weights (0: off).
         random_state: ``None``, an int or a ``numpy.random.RandomState``; seeds the network's
@@ -402,7 +402,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             )
         if not np.isfinite(y).all():
             raise InputError(f"y contains NaN or inf. {_REMEDY}")
-        return float(dist.log_prob(torch.from_numpy(y)).mean())
+        return float(dist.log_prob(torch.tensor(y)).mean())
 
 
 _REMEDY = (

@@ -99,7 +99,9 @@ def conditional_density(
         shading="auto",
         norm=PowerNorm(0.5, vmin=0.0, vmax=vmax),
     )
-    ax.figure.colorbar(mesh, ax=ax, label="p(y | x)")
+    xlabel = xlabel or _name(model, "feature_names", "x")
+    ylabel = ylabel or _name(model, "target_names", "y")
+    ax.figure.colorbar(mesh, ax=ax, label=f"p({ylabel} | {xlabel})")
     if data is not None:  # white dots with a dark rim: visible on dark and bright density
         ax.scatter(
             data[0].detach().cpu().flatten().numpy(),
@@ -118,8 +120,8 @@ def conditional_density(
         _overlay_modes(ax, xs, dist)
     ax.set_xlim(*x_range)
     ax.set_ylim(*y_range)
-    ax.set_xlabel(xlabel or _name(model, "feature_names", "x"))
-    ax.set_ylabel(ylabel or _name(model, "target_names", "y"))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if data is not None or curves or modes:
         ax.legend(loc="upper left", fontsize=8)
     return ax
@@ -351,7 +353,7 @@ def density_contours(
         mesh = torch.stack(torch.meshgrid(g1, g2, indexing="xy"), -1).to(mean.device)
         dens = dist.log_prob(mesh.reshape(-1, 1, 2)).exp().reshape(resolution, resolution)
     cs = ax.contourf(g1.numpy(), g2.numpy(), dens.cpu().numpy(), levels=14, cmap=cmap)
-    ax.figure.colorbar(cs, ax=ax, label="p(y₁, y₂)")
+    ax.figure.colorbar(cs, ax=ax, label=f"p({labels[0]}, {labels[1]})")
     if data is not None:
         p = pts.cpu()
         ax.scatter(p[:, 0], p[:, 1], s=10, c="white", edgecolors="black", linewidths=0.4,

@@ -18,7 +18,7 @@ def test_steps_scale_with_the_data_between_a_floor_and_a_cap():
     assert default_steps(1800) == 4500  # Bishop's problem: its former 300 epochs of 15 steps
     assert default_steps(10**6) == 20_000
     # epochs follow from the steps: 3000 steps of one batch each for 100 rows
-    assert plan(100, 128) == (3000, 600)
+    assert plan(100, 128) == (3000, 100)  # patience capped at 100 epochs
     assert plan(1800, 128) == (300, 60)
     assert plan(1800, 128, max_steps=150) == (10, 20)  # at least 20 epochs of patience
     assert plan(1800, 128, max_epochs=7, patience=None) == (7, None)

@@ -128,7 +128,7 @@ def fit(
             ``clip(2.5 N, 3000, 20000)`` optimiser steps for ``N`` training rows, as epochs
             ``ceil(steps / steps_per_epoch)`` (the learning-rate schedule spans them), with
             early stopping once the validation NLL has not improved for
-            ``max(20, ceil(0.2 epochs))`` epochs. ``max_steps`` sets the steps,
+            ``clip(ceil(0.2 epochs), 20, 100)`` epochs. ``max_steps`` sets the steps,
             ``max_epochs`` the epochs directly (it wins over ``max_steps``); ``patience`` is
             ``"auto"``, ``None`` (run every epoch) or a number of epochs. The best epoch is
             restored either way.

@@ -12,9 +12,12 @@ of updates: a small data set needs many passes to fit a sharp relationship, a la
 - **Epochs**: ``max_epochs`` if given, else ``ceil(steps / ceil(N / batch_size))``; the
   learning-rate schedule (warm-up, cosine decay) spans them.
 - **Early stopping** on the validation split, on by default (``patience="auto"``): stop once
-  the validation NLL has not improved for ``max(20, ceil(0.2 * epochs))`` epochs; the best
-  epoch's weights are restored either way. ``patience=None`` runs every epoch; an integer sets
-  it in epochs. Without a validation split the training NLL is watched instead.
+  the validation NLL has not improved for ``clip(ceil(0.2 * epochs), 20, 100)`` epochs; the
+  best epoch's weights are restored either way. ``patience=None`` runs every epoch; an integer
+  sets it in epochs. Without a validation split the training NLL is watched instead. (On
+  Bishop's problem, 300 epochs, the best epoch comes late and a patience of 30 would stop too
+  soon; data sets of a few hundred rows overfit after a few hundred of their 1500-3000
+  epochs, hence the cap.)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ __all__ = ["DEFAULT_STEPS", "MAX_DEFAULT_STEPS", "default_steps", "plan"]
 DEFAULT_STEPS = 3000  #: the step budget for data sets of up to 1200 training rows
 MAX_DEFAULT_STEPS = 20_000  #: the largest budget the default rule gives
 _STEPS_PER_ROW = 2.5
-_PATIENCE_SHARE, _MIN_PATIENCE = 0.2, 20
+_PATIENCE_SHARE, _MIN_PATIENCE, _MAX_PATIENCE = 0.2, 20, 100
 
 
 def default_steps(n_train: int) -> int:
@@ -50,8 +53,8 @@ def plan(
         batch_size: rows per optimiser step.
         max_epochs: passes over the data; ``None`` derives them from the steps.
         max_steps: optimiser steps to aim for; ``None``: :func:`default_steps`.
-        patience: ``"auto"`` (``max(20, ceil(0.2 epochs))``), ``None`` (no early stopping) or
-            epochs without a better validation NLL before stopping.
+        patience: ``"auto"`` (``clip(ceil(0.2 epochs), 20, 100)``), ``None`` (no early
+            stopping) or epochs without a better validation NLL before stopping.
 
     Returns:
         The number of epochs and the patience in epochs (``None``: run them all).
@@ -77,5 +80,5 @@ def plan(
         steps = default_steps(n_train) if max_steps is None else max_steps
         epochs = math.ceil(steps / max(1, math.ceil(n_train / batch_size)))
     if patience == "auto":
-        patience = max(_MIN_PATIENCE, math.ceil(_PATIENCE_SHARE * epochs))
+        patience = min(_MAX_PATIENCE, max(_MIN_PATIENCE, math.ceil(_PATIENCE_SHARE * epochs)))
     return epochs, patience
