@@ -51,7 +51,9 @@ def test_cdf_full_covariance_multivariate_is_a_clear_error():
 
 def test_cdf_rejects_wrong_event_shape():
     gm = make("diagonal", (3,), 2, 1)
-    with pytest.raises(InputError, match=r"shape \(\*batch, 1\).*unsqueeze"):
+    with pytest.raises(
+        InputError, match=r"has shape \(3,\).*needs shape \(\.\.\., 3, 1\).*reshape\(-1, 1\)"
+    ):
         gm.cdf(torch.zeros(3, dtype=F64))
 
 
