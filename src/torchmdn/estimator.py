@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import integer
 from .distributions.mixture import GaussianMixture
 from .errors import InputError
 from .nn.mdn import MDN
@@ -177,17 +178,9 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             )
         if self.dtype not in _DTYPES:
             raise InputError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
-        value = self.batch_size
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"batch_size must be an integer >= 1; got {value!r}")
-        plan_epochs(1, int(value), *self._length())  # checks max_epochs, max_steps, patience
-
-    def _length(self) -> tuple[Any, Any, Any]:
-        """``max_epochs``, ``max_steps`` and ``patience`` with NumPy integers made ints."""
-        return tuple(
-            int(v) if isinstance(v, np.integer) else v
-            for v in (self.max_epochs, self.max_steps, self.patience)
-        )
+        batch_size = integer("batch_size", self.batch_size)
+        # max_epochs, max_steps and patience: checked by the training-length rule
+        plan_epochs(1, batch_size, self.max_epochs, self.max_steps, self.patience)
 
     def _check_frame(self, X: Any, name: str) -> None:
         """Name the non-numeric columns of a DataFrame (check_array's message does not)."""
@@ -255,7 +248,6 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             val_fraction = 0.0  # too few rows to hold any out: the training NLL picks the epoch
         n_train = n - int(round(val_fraction * n))
         batch_size = int(min(self.batch_size, n_train))
-        max_epochs, max_steps, patience = self._length()
         with torch.random.fork_rng(devices=[]):  # seeded init; global RNG state restored
             torch.default_generator.manual_seed(seed)
             model = MDN(
@@ -273,13 +265,13 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             model,
             self._tensor(X),
             self._tensor(y2),
-            max_epochs=max_epochs,
-            max_steps=max_steps,
+            max_epochs=self.max_epochs,
+            max_steps=self.max_steps,
             batch_size=batch_size,
             lr=self.learning_rate,
             weight_decay=self.weight_decay,
             validation_fraction=val_fraction,
-            patience=patience,
+            patience=self.patience,
             ema_decay=self.ema_decay,
             noise_x=self.noise_x,
             noise_y=self.noise_y,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+from .._checks import integer
 from ..errors import InputError
 
 __all__ = ["DEFAULT_STEPS", "MAX_DEFAULT_STEPS", "default_steps", "plan"]
@@ -53,27 +54,22 @@ def plan(
         batch_size: rows per optimiser step.
         max_epochs: passes over the data; ``None`` derives them from the steps.
         max_steps: optimiser steps to aim for; ``None``: :func:`default_steps`.
+        (NumPy integers are accepted for all three.)
         patience: ``"auto"`` (``clip(ceil(0.2 epochs), 20, 100)``), ``None`` (no early
             stopping) or epochs without a better validation NLL before stopping.
 
     Returns:
         The number of epochs and the patience in epochs (``None``: run them all).
     """
-    for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
+    max_epochs = None if max_epochs is None else integer("max_epochs", max_epochs)
+    max_steps = None if max_steps is None else integer("max_steps", max_steps)
+    if patience != "auto" and patience is not None:
+        if isinstance(patience, str):
             raise InputError(
-                f"{name} must be None (the default rule) or an integer >= 1; got {value!r}"
+                f"patience must be 'auto', None (no early stopping) or a positive integer; "
+                f"got {patience!r}"
             )
-    if (
-        patience != "auto"
-        and patience is not None
-        and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1)
-    ):
-        raise InputError(
-            f"patience must be 'auto', None (no early stopping) or an integer >= 1; got {patience!r}"
-        )
+        patience = integer("patience", patience)
     if max_epochs is not None:
         epochs = max_epochs
     else:
