@@ -107,6 +107,14 @@ def write_csv(
             f.close()
 
 
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to compute: auto (CUDA when available; default), cpu, cuda, cuda:N",
+    )
+
+
 def _split_names(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
@@ -190,7 +198,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .io import save
+    from .io import resolve_device, save
     from .nn.mdn import MDN
     from .training.distributed import launched_rank
     from .training.fit import fit
@@ -244,6 +252,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         data = (columns(table, features).float(), columns(table, targets).float())
         rows = len(data[0])
     say(f"features ({len(features)}): {', '.join(features)}; targets: {', '.join(targets)}")
+    device = resolve_device(args.device)
+    if not isinstance(data[0], TableSource):
+        data = tuple(t.to(device) for t in data)
     hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(args.seed)
@@ -257,7 +268,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             target_names=targets,
         )
     history = fit(
-        model,
+        model.to(device),
         *data,
         max_epochs=args.epochs,
         max_steps=args.steps,
@@ -283,7 +294,7 @@ def _load_with_data(args: argparse.Namespace):
     """The model, the table and its feature columns, matched by the names the model records."""
     from .io import load
 
-    model = load(args.model)
+    model = load(args.model, device=args.device)
     table = read_csv(args.data)
     features = model.feature_names
     if features is None:  # a model saved without column names: the first columns, in order
@@ -300,7 +311,7 @@ def _load_with_data(args: argparse.Namespace):
             f"{args.data} lacks {missing} (its columns: {table.header}). Rename the columns "
             "to match, or train a model on these columns"
         )
-    x = columns(table, features).to(model.x_loc.dtype)
+    x = columns(table, features).to(model.x_loc)
     return model, table, x
 
 
@@ -394,7 +405,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise InputError(f"-n must be >= 1; got {args.n}")
     model, _, x = _load_with_data(args)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=x.device).manual_seed(args.seed)
     with torch.no_grad():
         draws = model(x).sample((args.n,), generator=gen)  # [n, rows, d]
     rows = draws.transpose(0, 1).reshape(-1, draws.shape[-1])
@@ -432,7 +443,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, table, x = _load_with_data(args)
     targets = _target_columns(args, model)
     levels = _levels(args.level, "--level")
-    y = columns(table, targets).to(x.dtype)
+    y = columns(table, targets).to(x)
     from . import metrics
 
     with torch.no_grad():
@@ -556,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="random seed of the split, batches and weights"
     )
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_option(f)
     f.add_argument(
         "-o", "--output", required=True, help="model file to write (.safetensors; required)"
     )
@@ -570,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext, description=helptext, formatter_class=_Help)
         c.add_argument("model", help="model file written by 'torchmdn fit'")
         c.add_argument("data", help="CSV file with the model's feature columns (matched by name)")
+        _device_option(c)
         if name == "predict":
             c.add_argument("--quantiles", help="quantile levels, e.g. 0.05,0.5,0.95: columns "
                            "<target>_q5, _q50, _q95 (default: none)")  # fmt: skip

@@ -7,6 +7,7 @@ NumPy/pandas conversion happens here, at the edge; everything below works on ten
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from ._checks import integer
 from .distributions.mixture import GaussianMixture
 from .errors import InputError
+from .io import resolve_device
 from .nn.mdn import MDN
 from .training.fit import fit
 from .training.length import plan as plan_epochs
@@ -93,7 +95,9 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         random_state: ``None``, an int or a ``numpy.random.RandomState``; seeds the network's
             initialisation, the split, the batch order and the noise (the global torch random
             state is left untouched).
-        device: torch device to train and predict on.
+        device: torch device to train and predict on (``"cpu"``, ``"cuda"``, ``"cuda:N"``;
+            ``"auto"``: CUDA when available). Pickles hold the model on the CPU; unpickled
+            where that device is missing, the model predicts on the CPU.
         dtype: ``"float32"`` or ``"float64"``.
         verbose: show a progress bar while fitting (on terminals).
 
@@ -203,8 +207,36 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             raise InputError(f"{err} {_REMEDY}") from err
         return X
 
-    def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.tensor(np.asarray(a), dtype=_DTYPES[self.dtype], device=self.device)
+    def _device(self) -> torch.device:
+        """Where the fitted model is (after unpickling on a machine without the training
+        device: the CPU), else where ``device`` says."""
+        model = getattr(self, "model_", None)
+        if model is not None:
+            return model.x_loc.device
+        return resolve_device(self.device)
+
+    def _tensor(self, a: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+        device = self._device() if device is None else device
+        return torch.tensor(np.asarray(a), dtype=_DTYPES[self.dtype], device=device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the model on the CPU, so it unpickles on machines without a GPU."""
+        state = super().__getstate__()
+        model = state.get("model_")
+        if model is not None and model.x_loc.device.type != "cpu":
+            state = {**state, "model_": copy.deepcopy(model).cpu()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Back on ``device`` when this machine has it (else the model stays on the CPU)."""
+        super().__setstate__(state)
+        model = getattr(self, "model_", None)
+        if model is not None:
+            try:
+                target = resolve_device(self.device)
+            except InputError:
+                return
+            self.model_ = model.to(target)
 
     # ------------------------------------------------------------------ fit
 
@@ -260,11 +292,12 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 min_scale=self.min_scale,
                 target_resolution=self.target_resolution,
             )
-        model = model.to(device=self.device, dtype=_DTYPES[self.dtype])
+        device = resolve_device(self.device)
+        model = model.to(device=device, dtype=_DTYPES[self.dtype])
         self.history_ = fit(
             model,
-            self._tensor(X),
-            self._tensor(y2),
+            self._tensor(X, device),
+            self._tensor(y2, device),
             max_epochs=self.max_epochs,
             max_steps=self.max_steps,
             batch_size=batch_size,

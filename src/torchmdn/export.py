@@ -29,6 +29,7 @@ ONNX export needs ``onnx`` and ``onnxscript``, serving needs ``onnxruntime``: al
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -124,6 +125,14 @@ def _export_mode(model: MDN) -> Iterator[None]:
         torch.set_grad_enabled(grad)
 
 
+def _on_cpu(model: MDN) -> MDN:
+    """``model`` itself on the CPU, else a CPU copy (the caller's model stays where it is)."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    if params and params[0].device.type != "cpu":
+        return copy.deepcopy(model).cpu()
+    return model
+
+
 def _example_x(model: MDN) -> Tensor:
     # a batch size equal to no other dimension of the model, so that the exporter cannot
     # mistake the batch for, say, the number of components and specialise it
@@ -137,7 +146,8 @@ def export_onnx(model: MDN, path: str | os.PathLike[str], *, opset: int | None =
     """Write ``model`` as ONNX: input ``x (N, in_features)``, outputs :func:`output_names`.
 
     ``N`` is dynamic. The outputs are the parameters of ``model(x)`` (see the module docstring)
-    in the model's dtype; ``opset=None`` uses the exporter's default opset.
+    in the model's dtype; ``opset=None`` uses the exporter's default opset. A model on a GPU
+    is exported from a CPU copy (the file is the same wherever the model was trained).
 
     Returns:
         The path written.
@@ -145,6 +155,7 @@ def export_onnx(model: MDN, path: str | os.PathLike[str], *, opset: int | None =
     require_extra("onnx", "export", "ONNX export and serving")
     require_extra("onnxscript", "export", "ONNX export and serving")
     path = Path(path)
+    model = _on_cpu(model)  # the file is the same wherever the model was trained
     with _export_mode(model), torch.no_grad():
         kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
         program = torch.onnx.export(

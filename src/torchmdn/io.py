@@ -17,13 +17,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .errors import ModelFileError
+from .errors import InputError, ModelFileError
 from .nn.mdn import MDN
 from .nn.recurrent import MDNRNN
 
 _CLASSES: dict[str, type] = {"MDN": MDN, "MDNRNN": MDNRNN}
 
-__all__ = ["save", "load", "read_header", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "save",
+    "load",
+    "read_header",
+    "resolve_device",
+    "save_checkpoint",
+    "load_checkpoint",
+]
 
 _FORMAT = "torchmdn"
 _FORMAT_VERSION = 1
@@ -106,8 +113,25 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return header
 
 
-def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MDN | MDNRNN:
-    """Read a model written by :func:`save`. Never executes code from the file."""
+def load(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    *,
+    map_location: str | torch.device | None = None,
+) -> MDN | MDNRNN:
+    """Read a model written by :func:`save`. Never executes code from the file.
+
+    Args:
+        path: the ``.safetensors`` file.
+        device: where the model goes (default the CPU: a file written from a CUDA model loads
+            on a machine without one); ``"auto"``: CUDA when available.
+        map_location: the same as ``device`` (the name ``torch.load`` uses).
+    """
+    if device is not None and map_location is not None and str(device) != str(map_location):
+        raise InputError(
+            f"load got device={device!r} and map_location={map_location!r}; pass one of them"
+        )
+    target = resolve_device(device if device is not None else map_location)
     header = read_header(path)
     if header.get("class") == "checkpoint":
         raise ModelFileError(
@@ -121,7 +145,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         model = cls(**_upgrade_config(header["config"]))
     except (TypeError, KeyError, ValueError) as err:
         raise ModelFileError(f"{path}: invalid model config ({err})") from err
-    tensors = upgrade_state(model, load_file(str(path), device=str(map_location)))
+    tensors = upgrade_state(model, load_file(str(path), device="cpu"))
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:
@@ -131,7 +155,35 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
             f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})"
         )
     model.metadata = header.get("metadata", {})
-    return model.to(map_location).eval()
+    return model.to(target).eval()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device``: ``None`` is the CPU, ``"auto"`` CUDA when available
+    (under ``torchrun``, the GPU numbered by ``LOCAL_RANK``).
+
+    Raises:
+        InputError: not a device name, or a CUDA device on a machine without one.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # one process per GPU under torchrun: this process's own
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(
+            f"device must be 'cpu', 'cuda', 'cuda:N', 'auto' or a torch.device; got {device!r}"
+        ) from err
+    if out.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"device {device!r} asked for CUDA, but this machine has no usable CUDA device; "
+            "use device='cpu' (or 'auto')"
+        )
+    return out
 
 
 def _upgrade_config(config: Any) -> Any:

@@ -83,6 +83,14 @@ def _expand(t: Tensor, shape: torch.Size) -> Tensor:
     return t if t.shape == shape else t.expand(shape)
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for types autocast does not know)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 class GaussianMixture(Distribution):
     r"""A mixture of ``n`` Gaussians in ``R^d`` with diagonal, isotropic or full covariances.
 
@@ -351,9 +359,19 @@ class GaussianMixture(Distribution):
 
         One fused computation with a hand-written backward (:mod:`torchmdn.ops.fused`); twice
         differentiable. Computed in the promoted dtype of the parameters and ``value``, at
-        least float32. ``value`` must end in the event shape ``(d,)`` (checked always).
+        least float32, on every device and whether or not autocast is on: under
+        ``torch.autocast`` (bfloat16 or float16, CPU or CUDA) the result is float32 (float64
+        for float64 inputs), since autocast does not reach inside. ``value`` must end in the
+        event shape ``(d,)`` (checked always).
         """
         check_value_shape(self, value)
+        device_type = value.device.type if isinstance(value, Tensor) else "cpu"
+        if _autocast_on(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self._log_prob(value)
+        return self._log_prob(value)
+
+    def _log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
         if not _USE_FUSED:
@@ -374,9 +392,17 @@ class GaussianMixture(Distribution):
         """``log π_i + log N(value; μ_i, Σ_i)`` for every component: shape ``(..., n)``.
 
         Its ``logsumexp`` over the last dimension is :meth:`log_prob`; its ``softmax`` is the
-        posterior responsibility of each component for ``value``.
+        posterior responsibility of each component for ``value``. Same dtype rule as
+        :meth:`log_prob` (at least float32, autocast or not).
         """
         check_value_shape(self, value)
+        device_type = value.device.type if isinstance(value, Tensor) else "cpu"
+        if _autocast_on(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self._joint_log_prob(value)
+        return self._joint_log_prob(value)
+
+    def _joint_log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
         if self._kind == _FULL:

@@ -204,15 +204,19 @@ class MDNHead(nn.Module):
         from the unconditional fit, a known cure for components that never get used.
         """
         n, d = self.n_components, self.out_features
-        z = z.detach().reshape(-1, d).to(self.linear.bias.dtype).cpu()
+        bias = self.linear.bias
+        z = z.detach().reshape(-1, d).to(bias.dtype)
         if len(z) < n:
             z = z.repeat(math.ceil(n / len(z)), 1)
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        centers = z[torch.randint(len(z), (1,), generator=gen)]
+        # the seeding draws on the generator's device; the clustering runs on the head's
+        seed_z = z.to(gen.device)
+        centers = seed_z[torch.randint(len(z), (1,), generator=gen, device=gen.device)]
         for _ in range(1, n):  # k-means++ seeding
-            dist2 = torch.cdist(z, centers).square().min(1).values
+            dist2 = torch.cdist(seed_z, centers).square().min(1).values
             probs = dist2 / dist2.sum() if dist2.sum() > 0 else torch.full_like(dist2, 1 / len(z))
-            centers = torch.cat([centers, z[torch.multinomial(probs, 1, generator=gen)]])
+            centers = torch.cat([centers, seed_z[torch.multinomial(probs, 1, generator=gen)]])
+        z, centers = z.to(bias.device), centers.to(bias.device)
         for _ in range(iters):
             assign = torch.cdist(z, centers).argmin(1)
             for k in range(n):

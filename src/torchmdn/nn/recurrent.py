@@ -354,7 +354,8 @@ class MDNRNN(nn.Module):
         z = ((cont[mask] - self.y_loc) / self.y_scale).reshape(-1, self.out_features)
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         if len(z) > max_points:
-            z = z[torch.randperm(len(z), generator=gen)[:max_points].to(z.device)]
+            pick = torch.randperm(len(z), generator=gen, device=gen.device)[:max_points]
+            z = z[pick.to(z.device)]
         self.head.initialize(z, generator=gen)
         if self.pen is not None:
             self.pen.initialize(pen[mask])

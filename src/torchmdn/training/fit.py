@@ -199,7 +199,7 @@ def fit(
         ckpt_tensors, ckpt = load_checkpoint(resume)
         random_state = ckpt["seed"]
     seed = torch.Generator().seed() if random_state is None else int(random_state)
-    gen = torch.Generator().manual_seed(seed)
+    gen = _generator(device, seed)
 
     with process_group(distributed, device) as group:
         if len(set(group.gather(seed))) > 1:
@@ -212,7 +212,7 @@ def fit(
         epochs, patience = plan_epochs(data.n_train, batch_size, max_epochs, max_steps, patience)
         settings = replace(settings, max_epochs=epochs)
         if resume is not None:
-            _check_checkpoint(resume, ckpt, fingerprint, settings)
+            _check_checkpoint(resume, ckpt, fingerprint, settings, gen)
         else:
             _start_fresh(model, data, standardize, initialize, gen)
         run = Run(model, params, data, validation, group, gen, seed, settings, fingerprint)
@@ -321,12 +321,33 @@ def _prepare_data(
     return data, given or data.validation, fingerprint
 
 
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    """The run's random stream, on the data's device (batches are drawn where the data is,
+    without host copies); a device without generators of its own gets a CPU one."""
+    try:
+        return torch.Generator(device=device).manual_seed(seed)
+    except RuntimeError:
+        return torch.Generator().manual_seed(seed)
+
+
 def _check_checkpoint(
-    path: str | Path, state: dict[str, Any], fingerprint: str, settings: Settings
+    path: str | Path,
+    state: dict[str, Any],
+    fingerprint: str,
+    settings: Settings,
+    gen: torch.Generator,
 ) -> None:
-    """Refuse a checkpoint written for other data or with other settings."""
+    """Refuse a checkpoint written for other data, with other settings or on another kind
+    of device (random streams differ between devices)."""
     if state.get("fingerprint") != fingerprint:
         raise InputError(f"{path} was written for other training data; pass the same x and y")
+    saved_device = state.get("device", "cpu")  # older checkpoints: CPU runs
+    if saved_device != gen.device.type:
+        raise InputError(
+            f"{path} was written by a run on {saved_device}, this run is on {gen.device.type}: "
+            f"the random streams differ between devices, so resume on {saved_device} "
+            "(move the model there) or start afresh"
+        )
     saved = state["settings"]
     changed = [k for k, v in asdict(settings).items() if saved.get(k) != v]
     if changed:
@@ -376,7 +397,7 @@ class _InMemory:
         self.group, device = group, x.device
         self._xy = (x, y)
         if validation is not None:
-            self.x, self.y, self.rows = x, y, torch.arange(len(x))
+            self.x, self.y, self.rows = x, y, torch.arange(len(x), device=device)
             self.validation = validation
         else:
             n_val = int(round(fraction * len(x)))
@@ -385,11 +406,11 @@ class _InMemory:
                     f"validation_fraction={fraction} of {len(x)} rows leaves an empty "
                     "training or validation set; use more data or validation_fraction=0"
                 )
-            perm = torch.randperm(len(x), generator=gen)
+            perm = torch.randperm(len(x), generator=gen, device=gen.device).to(device)
             self.rows = perm[n_val:]
-            held = perm[:n_val].to(device)
+            held = perm[:n_val]
             self.validation = (x[held], y[held])
-            self.x, self.y = x[self.rows.to(device)], y[self.rows.to(device)]
+            self.x, self.y = x[self.rows], y[self.rows]
         self.n_train = len(self.x)
         self.sample = (self.x, self.y)
 
@@ -403,12 +424,13 @@ class _InMemory:
         self, epoch: int, batch_size: int, gen: torch.Generator
     ) -> Iterator[tuple[Tensor, Tensor, Tensor, tuple[torch.Generator, int, slice]]]:
         """This rank's share of each global batch: ``(x, y, rows, (gen, global rows, share))``."""
-        order = torch.randperm(self.n_train, generator=gen)
+        # drawn and cut on the data's device: no host copy per batch
+        order = torch.randperm(self.n_train, generator=gen, device=gen.device).to(self.x.device)
         for i in range(0, self.n_train, batch_size):
             idx = order[i : i + batch_size]
             mine = local_slice(len(idx), self.group)
-            local = idx[mine].to(self.x.device)
-            yield self.x[local], self.y[local], self.rows[idx[mine]], (gen, len(idx), mine)
+            local = idx[mine]
+            yield self.x[local], self.y[local], self.rows[local], (gen, len(idx), mine)
 
 
 def _fingerprint(*tensors: Tensor) -> str:

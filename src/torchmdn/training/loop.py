@@ -198,6 +198,7 @@ class Run:
             "since_best": self.since_best, "lr_mult": self.lr_mult,
             "history": asdict(self.history), "opt_groups": groups,
             "settings": asdict(self.settings), "fingerprint": self.fingerprint,
+            "device": self.gen.device.type,
         }  # fmt: skip
         save_checkpoint(path, tensors, state)
 
@@ -303,8 +304,9 @@ class Run:
         batches = self.data.batches(epoch, s.batch_size, self.gen)
         for xb, yb, rows, (noise_gen, n_draw, mine) in batches:
             if self.noisy:  # drawn for the whole global batch: the same on every rank
-                ex = torch.randn((n_draw, xb.shape[1]), generator=noise_gen)[mine]
-                ey = torch.randn((n_draw, yb.shape[1]), generator=noise_gen)[mine]
+                on = noise_gen.device
+                ex = torch.randn((n_draw, xb.shape[1]), generator=noise_gen, device=on)[mine]
+                ey = torch.randn((n_draw, yb.shape[1]), generator=noise_gen, device=on)[mine]
                 xb = xb + s.noise_x * self.sx * ex.to(xb)
                 yb = yb + s.noise_y * self.sy * ey.to(yb)
             loss = self.take_step(xb, yb, rows)
@@ -393,7 +395,8 @@ class Run:
     def watch_collapse(self, epoch: int) -> None:
         """Track the components' shares of responsibility; re-seed dead components."""
         s, head, history = self.settings, self.head, self.history
-        sub = torch.randperm(len(self.x_fit), generator=self.gen)[:512].to(self.device)
+        sub = torch.randperm(len(self.x_fit), generator=self.gen, device=self.gen.device)[:512]
+        sub = sub.to(self.x_fit.device)
         x_sub, y_sub = self.x_fit[sub], self.y_fit[sub]
         if head is None:
             return

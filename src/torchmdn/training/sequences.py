@@ -118,8 +118,8 @@ def _pack(model: MDNRNN, x: Any, y: Any, lengths: Any, what: str) -> tuple[Tenso
             f"{what} x or y has NaN/inf values on real steps (sequences {rows}); "
             "only padded steps (beyond lengths) may hold them"
         )
-    x = torch.where(real & torch.isfinite(x), x, torch.zeros((), dtype=x.dtype))
-    y = torch.where(real & torch.isfinite(y), y, torch.zeros((), dtype=y.dtype))
+    x = torch.where(real & torch.isfinite(x), x, x.new_zeros(()))
+    y = torch.where(real & torch.isfinite(y), y, y.new_zeros(()))
     model.split_targets(y, mask)  # checks the pen-state codes
     x2 = torch.cat([x.flatten(1), mask.to(x.dtype)], 1)
     return x2, y.flatten(1), x.shape[1]
