@@ -24,12 +24,13 @@ is supported: the backward then recomputes the plain-autograd graph from the sav
 double backward is exact (and as slow as the plain path).
 
 On the CPU the same Functions' maths runs as one compiled pass per direction when the
-kernel of :mod:`torchmdn.ops.kernel` is available (built on first use); the tensor-level code
-below is the fallback for other devices, layouts, ``torch.compile`` and machines without a
-compiler, and the two are tested against each other and the plain-autograd reference.
+kernel of :mod:`torchmdn.ops.kernel` is available (built on first use); on CUDA it runs as
+``torch.compile``\ d (Triton) functions of :mod:`torchmdn.ops.compiled`. The tensor-level code
+below is the fallback for other devices, layouts, an outer ``torch.compile`` and machines
+without a compiler, and all are tested against each other and the plain-autograd reference.
 
-This module imports nothing but torch and :mod:`torchmdn.ops.kernel` (``distributions.py``
-imports it).
+This module imports nothing but torch and the other ``torchmdn.ops`` modules
+(``distributions/mixture.py`` imports it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .._math import LOG_2PI
-from . import kernel, layout, reference
+from . import compiled, kernel, layout, reference
 from .layout import head_parameters, unpack_precision
 
 __all__ = [
@@ -174,9 +175,10 @@ def diag_log_prob(
 
     ``value (*S, *B, d)`` broadcasts against the batch shape; all inputs share one dtype.
     """
-    out = kernel.log_prob(
-        layout.ISOTROPIC if isotropic else layout.DIAGONAL, logits, loc, scale, value
-    )
+    kind = layout.ISOTROPIC if isotropic else layout.DIAGONAL
+    out = kernel.log_prob(kind, logits, loc, scale, value)
+    if out is None:
+        out = compiled.log_prob(kind, logits, loc, scale, value)
     if out is not None:
         return out
     if _needs_graph(logits, loc, scale, value):
@@ -236,6 +238,8 @@ def tril_log_prob(logits: Tensor, loc: Tensor, prec: Tensor, value: Tensor) -> T
     reads only its lower triangle (and gives a zero gradient above the diagonal).
     """
     out = kernel.log_prob(layout.PRECISION, logits, loc, prec, value)
+    if out is None:
+        out = compiled.log_prob(layout.PRECISION, logits, loc, prec, value)
     if out is not None:
         return out
     if _needs_graph(logits, loc, prec, value):
@@ -250,6 +254,8 @@ def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) 
     """``log p(value)`` of the mixture in an MDN head's output (see :func:`head_parameters`):
     the compiled kernel reads the output itself; elsewhere its pieces take the paths above."""
     lp = kernel.head_log_prob(out, floor, kind, n, value)
+    if lp is None:
+        lp = compiled.head_log_prob(out, floor, kind, n, value)
     if lp is not None:
         return lp
     logits, loc, scale = head_parameters(out, floor, kind, n, value.shape[-1])
