@@ -504,3 +504,116 @@ def test_history_prints_a_short_summary():
     assert len(text) < 200, text  # not 30 epochs of numbers times four lists
     assert text.startswith("History(epochs=30, best_epoch=")
     assert f"best_val_nll={h.best_val_nll:.4f}" in text and "time_s=" in text
+
+
+# ---------------------------------------------------------------- devices and the host
+
+
+def poisoned_batches(model, first_epoch_bad=1, how_many=3):
+    """NaN from the backbone on the first ``how_many`` distinct training batches of epoch
+    ``first_epoch_bad``, and again whenever one of those batches comes back (a replay):
+    a deterministic fault, whatever the order in which steps are checked."""
+    state = {"epoch": 0, "bad": set()}
+
+    def poison(module, args, out):
+        if not (module.training and torch.is_grad_enabled()):
+            return out
+        key = round(args[0].sum().item(), 6)
+        fresh = state["epoch"] == first_epoch_bad and len(state["bad"]) < how_many
+        if fresh and key not in state["bad"]:
+            state["bad"].add(key)
+        return out * math.nan if key in state["bad"] else out
+
+    def callback(epoch, history):
+        state["epoch"] = epoch + 1
+
+    model.backbone.register_forward_hook(poison)
+    return callback
+
+
+def test_steps_checked_in_windows_give_the_result_of_checking_every_step(monkeypatch):
+    """On a GPU the guard is read every few steps and a window with a bad step is taken
+    again, checked; forced here on the CPU: same History (skips, roll-back, losses, lr) and
+    the same weights as reading the guard before every step."""
+    import torchmdn.training.loop as loop
+
+    x, y = small_data(200)  # 180 training rows: 6 steps an epoch, windows of 4 and 2
+    runs = []
+    for every in (1, 4):
+        monkeypatch.setattr(loop, "_CHECK_EVERY", {"cpu": every})
+        model = small_model()
+        callback = poisoned_batches(model)
+        h = fit(model, x, y, max_epochs=3, batch_size=32, progress=False, random_state=0,
+                callback=callback)  # fmt: skip
+        runs.append((h, model.state_dict()))
+    (h1, w1), (h2, w2) = runs
+    assert h1.skipped_steps == 3 and h1.rollbacks == 1
+    h1.time_s = h2.time_s = 0.0
+    assert h1 == h2
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_fit_on_each_device_is_reproducible_and_stays_there(device):
+    x, y = (t.to(device) for t in small_data(200))
+    runs = []
+    for _ in range(2):
+        model = small_model().to(device)
+        h = fit(model, x, y, max_epochs=3, batch_size=64, progress=False, random_state=5,
+                noise_x=0.05, reseed_dead=True)  # fmt: skip
+        runs.append((h.train_nll, model.state_dict()))
+        assert all(p.device.type == device.type for p in model.parameters())
+        assert h.epochs == 3 and all(math.isfinite(v) for v in h.train_nll)
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_fit_moves_array_data_to_the_models_device(device):
+    x, y = small_data(120)
+    model = small_model().to(device)
+    fit(model, x.numpy(), y.numpy(), max_epochs=1, progress=False, random_state=0)
+    with torch.no_grad():
+        lp = model.log_prob(x.to(device), y.to(device))
+    assert lp.device.type == device.type and torch.isfinite(lp).all()
+
+
+def test_bf16_precision_trains_in_float32_weights(device):
+    x, y = (t.to(device) for t in small_data(200))
+    model = small_model().to(device)
+    h = fit(model, x, y, max_epochs=3, batch_size=64, progress=False, random_state=0,
+            precision="bf16")  # fmt: skip
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert h.skipped_steps == 0 and h.train_nll[-1] < h.train_nll[0]
+    with pytest.raises(InputError, match="precision must be one of"):
+        fit(small_model(), x, y, max_epochs=1, progress=False, precision="fp8")
+
+
+def test_resume_refuses_a_checkpoint_from_another_kind_of_device(tmp_path):
+    x, y = small_data(100)
+    ckpt = tmp_path / "run.ckpt"
+    fit(small_model(), x, y, max_epochs=1, progress=False, random_state=0, checkpoint=ckpt)
+    from torchmdn.io import load_checkpoint, save_checkpoint
+
+    tensors, state = load_checkpoint(ckpt)
+    save_checkpoint(ckpt, tensors, {**state, "device": "cuda"})
+    with pytest.raises(InputError, match="written by a run on cuda, this run is on cpu"):
+        fit(small_model(), x, y, max_epochs=1, progress=False, resume=ckpt)
+
+
+@pytest.mark.slow
+def test_compiled_fit_matches_the_eager_one():
+    """fit(compile=True): the same training up to float round-off (the compiled graph
+    reassociates sums), and no recompilation for the epoch's short last batch."""
+    from torch._dynamo.utils import counters
+
+    x, y = small_data(150)  # 135 training rows: batches of 64, 64 and 7
+    kw = dict(max_epochs=2, batch_size=64, progress=False, random_state=0)
+    eager = fit(small_model(), x, y, **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compiled = fit(small_model(), x, y, compile=True, **kw)
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert np.allclose(compiled.train_nll, eager.train_nll, rtol=1e-4, atol=1e-4)
+    assert graphs <= 2, dict(counters["stats"])  # the training graph (+ its first shape)

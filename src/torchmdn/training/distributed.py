@@ -61,6 +61,14 @@ class Group:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sum_on_device(self, value: float) -> torch.Tensor:
+        """``value`` summed over all ranks, as a float64 tensor on the collectives' device:
+        with NCCL the host does not wait for it."""
+        t = torch.tensor(value, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
     def from_main(self, value: float) -> float:
         """Rank 0's value, on every rank (decisions are taken once and shared)."""
         if self.world == 1:

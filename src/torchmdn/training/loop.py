@@ -34,6 +34,13 @@ __all__ = ["History", "Settings", "Data", "Run"]
 _BAD_STEPS_BEFORE_ROLLBACK = 3
 _ROLLBACKS_BEFORE_GIVING_UP = 4
 _DEAD_SHARE = 1e-3  # a component explaining < 0.1% of the rows counts as dead
+#: optimiser steps between the host's reads of the NaN guard, per device type. The CPU has
+#: no host to wait for: it checks every step before stepping. Elsewhere steps run unchecked
+#: and a window in which some step was not finite is replayed checked, step by step, from
+#: its start: the same result as checking every step, without a host round trip per step.
+_CHECK_EVERY: dict[str, int] = {"cpu": 1}
+_CHECK_EVERY_ELSEWHERE = 64
+PRECISIONS = ("float32", "bf16")
 
 
 @dataclass
@@ -108,6 +115,7 @@ class Settings:
     initialize: bool
     reseed_dead: bool
     standardize: bool
+    precision: str = "float32"
 
 
 class Data(Protocol):
@@ -168,6 +176,8 @@ class Run:
         self.step, self.start_epoch, self.since_best, self.lr_mult = 0, 0, 0, 1.0
         self.best_state = _copy_state(self.ema_model)
         self.net: Callable[[Tensor, Tensor], Tensor] | None = None  # set by begin()
+        self.check_every = _CHECK_EVERY.get(self.device.type, _CHECK_EVERY_ELSEWHERE)
+        self.compile = False  # fit(compile=True) sets it before begin()
 
     def lr_at(self, step: int) -> float:
         """Learning rate at ``step``: linear warm-up, then cosine decay to 0."""
@@ -228,6 +238,10 @@ class Run:
         # DDP synchronises gradients of what runs through its forward: the whole NLL does.
         # Reached through self.net only, so that end() can free it
         self.net = group.wrap(_NLL(model)) if group.world > 1 else partial(_nll, model)
+        if self.compile:
+            self.net = _compiled_loss(self.net)
+        bf16 = s.precision == "bf16"
+        self.autocast = partial(torch.autocast, self.device.type, torch.bfloat16, enabled=bf16)
         self.noisy = s.noise_x > 0 or s.noise_y > 0
         if self.noisy:
             x_fit, y_fit = self.x_fit, self.y_fit
@@ -293,14 +307,20 @@ class Run:
             gc.collect()
         for m in self.scaled_heads:
             m.mean_grad_scaling = False
-        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+        if not _all_finite(self.params):
             self.model.load_state_dict(self.good["model"])
 
     def train_epoch(self, epoch: int) -> None:
-        """One pass over this rank's batches; records the epoch's mean training NLL and lr."""
+        """One pass over this rank's batches; records the epoch's mean training NLL and lr.
+
+        The loss sum stays on the device (float64, in step order) and is read once, at the
+        end; the NaN guard is read every ``check_every`` steps (see ``_CHECK_EVERY``).
+        """
         s, history = self.settings, self.history
         self.model.train()
-        total, seen = 0.0, 0
+        self.total = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.seen = 0
+        window: list[tuple[Tensor, Tensor, Tensor, int]] = []
         batches = self.data.batches(epoch, s.batch_size, self.gen)
         for xb, yb, rows, (noise_gen, n_draw, mine) in batches:
             if self.noisy:  # drawn for the whole global batch: the same on every rank
@@ -309,54 +329,124 @@ class Run:
                 ey = torch.randn((n_draw, yb.shape[1]), generator=noise_gen, device=on)[mine]
                 xb = xb + s.noise_x * self.sx * ex.to(xb)
                 yb = yb + s.noise_y * self.sy * ey.to(yb)
-            loss = self.take_step(xb, yb, rows)
-            if loss is None:
-                self.skip_step(epoch, xb, yb, rows)
-            else:
-                total += loss
-                seen += len(rows)
-        total, seen = self.group.sum(total, seen)
+            if self.check_every == 1:
+                self.checked_step(epoch, xb, yb, rows)
+                continue
+            if not window:
+                self.window_start = self.bookkeeping()
+            window.append((xb, yb, rows, n_draw))
+            self.unchecked_step(xb, yb, rows, n_draw)
+            if len(window) == self.check_every:
+                self.check_window(epoch, window)
+                window = []
+        if window:
+            self.check_window(epoch, window)
+        total, seen = self.group.sum(self.total.item(), self.seen)
         history.train_nll.append(total / seen if seen else math.nan)
         history.lr.append(self.lr_at(max(self.step - 1, 0)))
-        finite = all(bool(torch.isfinite(p).all()) for p in self.params)
-        if seen and finite:
+        if seen and _all_finite(self.params):
             self.good, self.rollbacks_since_good = self.snapshot(), 0
 
-    def take_step(self, xb: Tensor, yb: Tensor, rows: Tensor) -> float | None:
-        """One optimiser step on this rank's share of a batch: the share's summed NLL, or
-        ``None`` when the loss or gradient was not finite on some rank (no step taken)."""
-        s, group, params = self.settings, self.group, self.params
-        for group_ in self.opt.param_groups:
-            group_["lr"] = self.lr_at(self.step)
+    def checked_step(self, epoch: int, xb: Tensor, yb: Tensor, rows: Tensor) -> None:
+        """One step behind the NaN guard, read before stepping."""
+        loss = self.take_step(xb, yb, rows)
+        if loss is None:
+            self.skip_step(epoch, xb, yb, rows)
+        else:
+            self.total += loss
+            self.seen += len(rows)
+
+    def take_step(self, xb: Tensor, yb: Tensor, rows: Tensor) -> Tensor | None:
+        """One optimiser step on this rank's share of a batch: the share's summed NLL (a
+        float64 tensor), or ``None`` when the loss or gradient was not finite on some rank
+        (no step taken)."""
+        group = self.group
         self.opt.zero_grad(set_to_none=True)
-        # a rank without rows in this (short) batch still joins DDP's backward
-        stub = len(xb) == 0
-        nll = self.net(self.x_fit[:1], self.y_fit[:1]) * 0.0 if stub else self.net(xb, yb)
-        local = nll.sum()
+        local = self.local_loss(xb, yb)
         n_batch, n_bad = group.sum(len(rows), not bool(torch.isfinite(local)))
         if n_bad != 0:
             return None
+        norm = self.backward(local, group.world / n_batch)
+        if group.sum(not bool(torch.isfinite(norm)))[0] != 0:
+            return None
+        self.apply_step()
+        return local.detach().double()
+
+    def unchecked_step(self, xb: Tensor, yb: Tensor, rows: Tensor, n_draw: int) -> None:
+        """One optimiser step taken without reading anything on the host: the loss joins
+        the device sum and a non-finite loss or gradient the window's count of bad steps
+        (``check_window`` reads it)."""
+        group = self.group
+        self.opt.zero_grad(set_to_none=True)
+        local = self.local_loss(xb, yb)
+        if group.world == 1:
+            weight: float | Tensor = 1 / len(rows) if len(rows) else 0.0
+        else:  # the global batch's rows, summed on the device (no host round trip)
+            weight = group.world / group.sum_on_device(float(len(rows)))
+        norm = self.backward(local, weight)
+        self.window_bad += (~torch.isfinite(local)) | (~torch.isfinite(norm))
+        self.apply_step()
+        self.total += local.detach().double()
+        self.seen += len(rows)
+
+    def local_loss(self, xb: Tensor, yb: Tensor) -> Tensor:
+        """This rank's summed NLL (a rank without rows in a short batch still joins DDP's
+        backward, with a zero loss)."""
+        stub = len(xb) == 0
+        with self.autocast():
+            nll = self.net(self.x_fit[:1], self.y_fit[:1]) * 0.0 if stub else self.net(xb, yb)
+        return nll.sum()
+
+    def backward(self, local: Tensor, weight: float | Tensor) -> Tensor:
+        """Gradients of ``weight * local`` (clipped), and their global norm."""
+        s, params = self.settings, self.params
+        for group_ in self.opt.param_groups:
+            group_["lr"] = self.lr_at(self.step)
         # DDP averages gradients over ranks: weight so the result is the gradient of the
         # mean NLL over the whole global batch
-        (local * (group.world / n_batch)).backward()
+        (local * weight).backward()
         if s.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(params, s.clip_grad_value)
         grads = [p.grad for p in params if p.grad is not None]
-        norm = (
+        return (
             torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
             if s.clip_grad_norm is not None
             else torch.nn.utils.get_total_norm(grads)
         )
-        if group.sum(not bool(torch.isfinite(norm)))[0] != 0:
-            return None
+
+    def apply_step(self) -> None:
+        """The optimiser step and the EMA update; counted as a good step."""
         self.opt.step()
         self.step += 1
         self.good_steps += 1
         if self.ema_params:
             with torch.no_grad():
-                torch._foreach_lerp_(self.ema_params, params, 1 - s.ema_decay)
+                torch._foreach_lerp_(self.ema_params, self.params, 1 - self.settings.ema_decay)
         self.bad_in_a_row = 0
-        return local.item()
+
+    def bookkeeping(self) -> dict[str, Any]:
+        """What a window of unchecked steps changes, to replay it from its start."""
+        self.window_bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        return {
+            **self.snapshot(),
+            "counters": (self.step, self.good_steps, self.bad_in_a_row, self.seen),
+            "total": self.total.clone(),
+        }
+
+    def check_window(self, epoch: int, window: list[tuple[Tensor, Tensor, Tensor, int]]) -> None:
+        """Read the window's count of bad steps (one host round trip); if some step was not
+        finite on some rank, go back to the window's start and take its steps again, each
+        checked before stepping: exactly what checking every step would have done."""
+        if self.group.sum(self.window_bad.item())[0] == 0:
+            return
+        start = self.window_start
+        self.model.load_state_dict(start["model"])
+        self.ema_model.load_state_dict(start["ema"])
+        self.opt.load_state_dict(start["opt"])
+        self.step, self.good_steps, self.bad_in_a_row, self.seen = start["counters"]
+        self.total = start["total"]
+        for xb, yb, rows, _ in window:
+            self.checked_step(epoch, xb, yb, rows)
 
     def skip_step(self, epoch: int, xb: Tensor, yb: Tensor, rows: Tensor) -> None:
         """The NaN guard: count a skipped step; after a few in a row roll back to the last
@@ -501,10 +591,32 @@ class _NLL(nn.Module):
 
 @torch.no_grad()
 def _sum_nll(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 8192) -> float:
-    total = 0.0
+    """The summed NLL, by chunks; summed on the device in float64 and read once."""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), chunk):
-        total += _nll(model, x[i : i + chunk], y[i : i + chunk]).sum().item()
-    return total
+        total += _nll(model, x[i : i + chunk], y[i : i + chunk]).sum().double()
+    return total.item()
+
+
+def _all_finite(params: list[nn.Parameter]) -> bool:
+    """Whether every parameter is finite (one host read)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
+def _compiled_loss(net: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``net`` under ``torch.compile`` with a dynamic batch dimension (a short last batch
+    does not recompile)."""
+    from ..ops.compiled import compile_keeping_globals
+
+    compiled = compile_keeping_globals(net)
+
+    def call(x: Tensor, y: Tensor) -> Tensor:
+        for t in (x, y):
+            if len(t) > 1:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+        return compiled(x, y)
+
+    return call
 
 
 def _copy_state(model: nn.Module) -> dict[str, Tensor]:
