@@ -581,3 +581,19 @@ def test_non_utf8_file(tmp_path, capsys):
     data.write_bytes(b"x,y\n1,2\n3,\xe9\n")
     rc = main(["fit", str(data), "--target", "y", "-o", str(tmp_path / "m.safetensors")])
     _one_error_line(capsys, rc, "fit", f"{data} is not UTF-8 text", "save it as UTF-8")
+
+
+def test_device_option(tmp_path, model, data, capsys):
+    out = tmp_path / "m.safetensors"
+    argv = ["fit", str(data), "--target", "y", *FIT, "--device", "cpu", "-o", str(out)]
+    assert _run_quietly(argv) == 0
+    assert _run_quietly(["predict", str(model), str(data), "--device", "auto",
+                         "-o", str(tmp_path / "p.csv")]) == 0  # fmt: skip
+    rc = main(["predict", str(model), str(data), "--device", "tpu:x"])
+    _one_error_line(capsys, rc, "predict", "device must be", "tpu:x")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_device_cuda_without_cuda_is_a_clear_error(model, data, capsys):
+    rc = main(["predict", str(model), str(data), "--device", "cuda"])
+    _one_error_line(capsys, rc, "predict", "no usable CUDA device", "device='cpu'")

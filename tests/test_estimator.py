@@ -220,3 +220,29 @@ def test_the_estimator_takes_pandas_without_torch_warnings():
         reg.fit(frame[["x"]], frame["y"])
         assert math.isfinite(reg.log_likelihood(frame[["x"]], frame["y"]))
         reg.predict_interval(frame[["x"]])
+
+
+def test_device_fit_predict_and_pickle(device):
+    X, y = heteroscedastic(120)
+    reg = MDNRegressor(**SMALL, random_state=0, device=str(device)).fit(X, y)
+    assert reg.model_.x_loc.device.type == device.type
+    pred = reg.predict(X)
+    assert pred.shape == (120,) and np.isfinite(pred).all()
+    low, high = reg.predict_interval(X[:5], 0.8)
+    assert (low < high).all()
+    assert reg.sample(X[:3], n_samples=4, random_state=0).shape == (3, 4)
+    assert reg.__getstate__()["model_"].x_loc.device.type == "cpu"  # pickles hold CPU tensors
+    assert reg.model_.x_loc.device.type == device.type  # (a copy: the model stays put)
+    again = pickle.loads(pickle.dumps(reg))
+    assert again.model_.x_loc.device.type == device.type  # back where it was trained
+    np.testing.assert_allclose(again.predict(X), pred, rtol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a machine without CUDA")
+def test_a_pickle_from_a_gpu_machine_predicts_on_the_cpu():
+    X, y = heteroscedastic(120)
+    reg = MDNRegressor(**SMALL, random_state=0).fit(X, y)
+    reg.device = "cuda"  # as if trained there: unpickling here keeps the model on the CPU
+    again = pickle.loads(pickle.dumps(reg))
+    assert again.model_.x_loc.device.type == "cpu"
+    np.testing.assert_array_equal(again.predict(X), reg.predict(X))

@@ -136,3 +136,22 @@ def test_missing_onnx_gives_install_hint(monkeypatch):
     monkeypatch.setattr("importlib.import_module", fake)
     with pytest.raises(ImportError, match=r"pip install 'torchmdn\[export\]'"):
         ex.load_onnx_mixture("unused.onnx")
+
+
+def test_onnx_and_program_from_a_model_on_the_device(tmp_path, device):
+    """A GPU model exports from a CPU copy (the file runs under onnxruntime on the CPU) and
+    stays where it is; torch.export keeps the model's device."""
+    torch.manual_seed(0)
+    model = MDN(2, 2, n_components=3, hidden=(8,)).to(device).eval()
+    x = torch.randn(7, 2)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    assert model.x_loc.device.type == device.type
+    got = load_onnx_mixture(path)(x.numpy())
+    with torch.no_grad():
+        want = model(x.to(device))
+    torch.testing.assert_close(got.loc, want.loc.cpu(), rtol=TOL, atol=TOL)
+    program = export_program(model)
+    y = torch.randn(7, 2, device=device)
+    with torch.no_grad():
+        lp = program.module()(x.to(device), y)[0]
+        torch.testing.assert_close(lp, model.log_prob(x.to(device), y), rtol=TOL, atol=TOL)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import torchmdn
 from torchmdn import MDN, load, save
-from torchmdn.errors import ModelFileError, TorchMDNError
+from torchmdn.errors import InputError, ModelFileError, TorchMDNError
 
 
 def _tiny(d: int = 1, covariance: str = "diagonal", seed: int = 0, **kw) -> MDN:
@@ -443,3 +443,37 @@ def test_files_written_with_the_old_covariance_key_load(tmp_path):
     assert old.head.covariance_type == "full"
     x = torch.randn(4, 2)
     torch.testing.assert_close(old(x).mean, model.eval()(x).mean)
+
+
+def test_a_model_saved_on_the_device_loads_anywhere(tmp_path, device):
+    torch.manual_seed(0)
+    model = MDN(2, 1, n_components=3, hidden=(8,)).to(device)
+    path = save(model, tmp_path / "m.safetensors")
+    x, y = torch.randn(5, 2), torch.randn(5, 1)
+    with torch.no_grad():
+        want = model.log_prob(x.to(device), y.to(device)).cpu()
+        on_cpu = load(path)  # default: the CPU (a CUDA-trained file on a CPU-only machine)
+        assert on_cpu.x_loc.device.type == "cpu"
+        torch.testing.assert_close(on_cpu.log_prob(x, y), want)
+        there = load(path, device=device)
+        assert all(p.device.type == device.type for p in there.parameters())
+        torch.testing.assert_close(there.log_prob(x.to(device), y.to(device)).cpu(), want)
+        alias = load(path, map_location=device)  # torch.load's name still works
+        assert alias.x_loc.device.type == device.type
+        auto = load(path, device="auto")
+        assert auto.x_loc.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_load_rejects_a_bad_or_missing_device(tmp_path):
+    path = save(MDN(2, 1, hidden=(4,)), tmp_path / "m.safetensors")
+    with pytest.raises(InputError, match="device must be"):
+        load(path, device="tpu:x")
+    with pytest.raises(InputError, match="pass one of them"):
+        load(path, device="cpu", map_location="meta")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_load_on_cuda_without_cuda_is_a_clear_error(tmp_path):
+    path = save(MDN(2, 1, hidden=(4,)), tmp_path / "m.safetensors")
+    with pytest.raises(InputError, match="no usable CUDA device"):
+        load(path, device="cuda")

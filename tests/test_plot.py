@@ -168,3 +168,18 @@ def test_plot_is_reachable_without_importing_it():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "conditional_density"
+
+
+def test_plots_from_a_model_on_the_device(tmp_path, device):
+    """Figures take mixtures and models wherever they are (drawn from CPU copies)."""
+    torch.manual_seed(0)
+    model = torchmdn.MDN(1, 1, n_components=2, hidden=(8,)).to(device)
+    x = torch.linspace(0, 1, 40, device=device).unsqueeze(-1)
+    y = torch.sin(6 * x) + 0.1 * torch.randn(40, 1, device=device)
+    model.standardize(x, y)
+    with torch.no_grad():
+        dist = model(x)
+    ax = plot.conditional_density(model, (0, 1), (-2, 2), data=(x, y), resolution=30, modes=True)
+    saved(ax, tmp_path, "c.png")
+    saved(plot.quantile_fan(x, dist, y=y), tmp_path, "q.png")
+    saved(plot.pit_histogram(dist, y), tmp_path, "p.png")

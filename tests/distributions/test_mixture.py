@@ -325,3 +325,71 @@ def test_the_event_shape_check_also_guards_a_heads_lazy_output():
     dist = model(torch.zeros(5, 1))
     with pytest.raises(InputError, match=r"has shape \(5,\)"):
         dist.log_prob(torch.zeros(5))
+
+
+# ---------------------------------------------------------------- devices and dtypes
+
+
+def _to(gm, device):
+    """The same mixture with its parameters on ``device``."""
+    if gm.covariance_type == "full":
+        return GaussianMixture(gm.logits.to(device), gm.loc.to(device),
+                               scale_tril=gm.scale_tril.to(device))  # fmt: skip
+    return GaussianMixture(gm.logits.to(device), gm.loc.to(device), scale=gm.scale.to(device))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_query_and_metric_runs_on_the_device_and_equals_the_cpu(device, kind):
+    from torchmdn import metrics
+
+    cpu = make(kind, (5,), 3, 2)
+    gm = _to(cpu, device)
+    y = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    yd = y.to(device)
+
+    def same(got, want, **tol):
+        assert got.device.type == device.type
+        torch.testing.assert_close(got.cpu(), want, **tol)
+
+    same(gm.log_prob(yd), cpu.log_prob(y))
+    same(gm.joint_log_prob(yd), cpu.joint_log_prob(y))
+    same(gm.marginal(0).cdf(yd[:, :1]), cpu.marginal(0).cdf(y[:, :1]))
+    same(gm.mean, cpu.mean)
+    same(gm.covariance_matrix, cpu.covariance_matrix)
+    same(gm.mode(), cpu.mode(), atol=1e-6, rtol=1e-6)
+    same(gm.marginal(0).icdf(0.3), cpu.marginal(0).icdf(0.3), atol=1e-7, rtol=1e-7)
+    cond, cond_cpu = gm.condition(1, yd[:, 1:]), cpu.condition(1, y[:, 1:])
+    same(cond.log_prob(yd[:, :1]), cond_cpu.log_prob(y[:, :1]))
+    for low, high in zip(gm.marginal(1).interval(0.8), cpu.marginal(1).interval(0.8), strict=True):
+        same(low, high, atol=1e-7, rtol=1e-7)
+    assert len(gm.marginal(0).hdr(0.5)) == 5
+    gen = torch.Generator(device=device).manual_seed(0)
+    draws = gm.sample((4,), generator=gen)
+    assert draws.shape == (4, 5, 2) and draws.device.type == device.type
+    again = gm.sample((4,), generator=torch.Generator(device=device).manual_seed(0))
+    assert torch.equal(draws, again)  # seeded on the device: reproducible
+    assert gm.entropy(n_samples=200).device.type == device.type
+    same(metrics.nll(gm, yd), metrics.nll(cpu, y))
+    same(metrics.crps(gm.marginal(0), yd[:, :1]), metrics.crps(cpu.marginal(0), y[:, :1]))
+    same(metrics.pit(gm, yd), metrics.pit(cpu, y))
+    same(metrics.interval_coverage(gm, yd), metrics.interval_coverage(cpu, y))
+    same(metrics.calibration_error(gm, yd), metrics.calibration_error(cpu, y))
+    es = metrics.energy_score(gm, yd, n_samples=64, generator=torch.Generator(device=device))
+    assert es.device.type == device.type and torch.isfinite(es)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_log_prob_under_bf16_autocast_is_float32_on_every_device(device, kind):
+    """The dtype contract: autocast does not reach inside log_prob / joint_log_prob; they
+    return the promoted dtype of the parameters and the value, at least float32."""
+    gm = _to(make(kind, (6,), 3, 2, dtype=torch.float32), device)
+    y = torch.randn(6, 2, device=device)
+    want = gm.log_prob(y)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        got = gm.log_prob(y)
+        joint = gm.joint_log_prob(y)
+        low = _to(make(kind, (6,), 3, 2, dtype=torch.bfloat16), device).log_prob(y.bfloat16())
+    assert got.dtype == joint.dtype == low.dtype == torch.float32
+    torch.testing.assert_close(got, want)  # the same numbers as without autocast
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        assert _to(make(kind, (6,), 3, 2), device).log_prob(y.double()).dtype == F64

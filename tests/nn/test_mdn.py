@@ -1,5 +1,6 @@
 """MDNHead and MDN: shapes, gradients, the scale floor, standardisation, user units."""
 
+import copy
 import math
 
 import pytest
@@ -226,3 +227,29 @@ def test_normaliser_rules_are_shared_by_mdn_mdnrnn_and_the_mse_baseline():
         MDN(1, 1).set_normalizers(
             torch.zeros(1), torch.ones(1), torch.zeros(1), torch.tensor([math.inf])
         )
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "isotropic", "full"])
+def test_initialize_and_log_prob_on_the_device_equal_the_cpu(device, covariance):
+    """The k-means start runs where the head is (no CPU copy meets device buffers) and
+    gives the CPU's start; the head's likelihood and its gradient match the CPU's."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat([torch.randn(60, 2, generator=g) - 3, torch.randn(60, 2, generator=g) + 3])
+    x = torch.randn(120, 4, generator=g)
+    torch.manual_seed(0)
+    cpu = MDN(4, 2, n_components=3, hidden=(8,), covariance=covariance).standardize(x, y)
+    dev = copy.deepcopy(cpu).to(device)
+    cpu.initialize(x, y, generator=torch.Generator().manual_seed(1))
+    dev.initialize(x.to(device), y.to(device), generator=torch.Generator().manual_seed(1))
+    for k, v in cpu.state_dict().items():
+        torch.testing.assert_close(dev.state_dict()[k].cpu(), v, rtol=1e-5, atol=1e-6)
+    lp_cpu = cpu.log_prob(x, y)
+    lp_dev = dev.log_prob(x.to(device), y.to(device))
+    torch.testing.assert_close(lp_dev.cpu(), lp_cpu, rtol=1e-5, atol=1e-5)
+    lp_cpu.sum().backward()
+    lp_dev.sum().backward()
+    torch.testing.assert_close(dev.head.linear.weight.grad.cpu(), cpu.head.linear.weight.grad,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    # a generator on the device draws the seeding there
+    dev.initialize(x.to(device), y.to(device), generator=torch.Generator(device=device))
+    assert torch.isfinite(dev.head.linear.bias).all()

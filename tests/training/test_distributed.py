@@ -98,6 +98,14 @@ def _worker(rank, ports, out):
         fit(model(), *data(), **{**KW, "random_state": None})
     except InputError as err:
         seen["no_seed"] = (str(err), dist.is_initialized())
+    # 6. the guard read every few steps (as on GPUs), batch sizes summed on the device
+    import torchmdn.training.loop as loop
+
+    os.environ["MASTER_PORT"] = str(ports[5])
+    loop._CHECK_EVERY = {"cpu": 3}
+    m = model()
+    h = fit(m, *data(), **KW)
+    seen["windowed"] = (h.train_nll, h.val_nll, h.best_epoch, m.state_dict())
     torch.save(seen, out / f"rank{rank}.pt")
 
 
@@ -107,7 +115,7 @@ def ranks(tmp_path_factory):
     x, y = data()
     rows = torch.cat([x, y], 1).numpy()
     np.savetxt(out / "data.csv", rows, delimiter=",", header="a,b,y", comments="")
-    sockets = [socket.socket() for _ in range(5)]
+    sockets = [socket.socket() for _ in range(6)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
     ports = [s.getsockname()[1] for s in sockets]
@@ -117,12 +125,13 @@ def ranks(tmp_path_factory):
     return out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
-def test_two_processes_equal_one_process(ranks):
+@pytest.mark.parametrize("scenario", ["plain", "windowed"])
+def test_two_processes_equal_one_process(ranks, scenario):
     _, (r0, r1) = ranks
     one = model()
     h = fit(one, *data(), **KW)
     for r in (r0, r1):
-        train, val, best, state = r["plain"]
+        train, val, best, state = r[scenario]
         assert len(train) == h.epochs and best == h.best_epoch
         assert max(abs(a - b) for a, b in zip(train, h.train_nll, strict=True)) < 1e-5
         assert max(abs(a - b) for a, b in zip(val, h.val_nll, strict=True)) < 1e-5
@@ -187,3 +196,45 @@ def test_distributed_true_without_a_launcher_is_a_clear_error(monkeypatch):
     with pytest.raises(InputError, match="distributed must be"):
         fit(model(), *data(), distributed="yes", **KW)
     assert not dist.is_initialized()
+
+
+TORCHRUN_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from torchmdn import MDN, fit
+g = torch.Generator().manual_seed(0)
+x = torch.rand(300, 2, generator=g) * 4 - 2
+y = torch.sin(x[:, :1]) + 0.1 * torch.randn(300, 1, generator=g)
+torch.manual_seed(0)
+m = MDN(2, 1, n_components=3, hidden=(16,)).cuda()
+backends = []
+h = fit(m, x.cuda(), y.cuda(), max_epochs=3, batch_size=64, progress=False, random_state=3,
+        distributed=True, callback=lambda e, h: backends.append(dist.get_backend()))
+torch.save({"train": h.train_nll, "backends": backends, "left": dist.is_initialized()},
+           sys.argv[1])
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_torchrun_on_one_gpu_trains_with_nccl(tmp_path):
+    """A world of one under torchrun on a CUDA model: NCCL, and the one-process result."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           str(script), str(tmp_path / "out.pt")]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert seen["backends"] == ["nccl"] * 3 and not seen["left"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 2, generator=g) * 4 - 2
+    y = torch.sin(x[:, :1]) + 0.1 * torch.randn(300, 1, generator=g)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        m = MDN(2, 1, n_components=3, hidden=(16,)).cuda()
+    h = fit(m, x.cuda(), y.cuda(), max_epochs=3, batch_size=64, progress=False, random_state=3)
+    assert np.allclose(seen["train"], h.train_nll, rtol=1e-5, atol=1e-6)

@@ -187,3 +187,15 @@ def test_cli_fit_streams_parquet_and_several_files(files, capsys):
     assert main(["fit", str(path / "d.csv"), str(path / "d.csv"), *args]) == 0
     assert main(["fit", str(path / "d.csv"), "--stream", "--features", "a,q", *args]) == 1
     assert "no column named ['q']" in capsys.readouterr().err
+
+
+def test_fit_on_a_stream_on_the_device(files, device):
+    """Streamed chunks go to the model's device; the result is the CPU's up to round-off."""
+    path, _ = files
+    source = TableSource(path / "d.parquet", "y", chunk_rows=64, shuffle_rows=200)
+    m = model().to(device)
+    h = fit(m, source, max_epochs=2, progress=False, random_state=0)
+    assert m.x_loc.device.type == device.type and len(h.val_nll) == 2
+    cpu = model()
+    h_cpu = fit(cpu, source, max_epochs=2, progress=False, random_state=0)
+    np.testing.assert_allclose(h.train_nll, h_cpu.train_nll, rtol=1e-6)
