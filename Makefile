@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CI and this Makefile pin the CPU build of torch; pyproject.toml declares a range for users.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint venv clean speech-demo
+.PHONY: demo test lint venv clean speech-demo test-gpu gpu-check
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,20 @@ speech-demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# On a machine with a CUDA GPU and torch installed (a bare image: no venv, no network, no pip):
+# the CUDA cases of the test suite, then the GPU benchmarks in quick mode. GPU_PYTHON is the
+# interpreter whose torch has CUDA; the CPU kernel is left off (the image may lack a compiler).
+GPU_PYTHON ?= python3
+GPU_ENV := PYTHONPATH=src TORCHMDN_KERNEL=0
+
+test-gpu:
+	@$(GPU_PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else \
+		'no CUDA device for torch ' + torch.__version__ + ': the gpu tests need one')"
+	$(GPU_ENV) $(GPU_PYTHON) -m pytest -q -m gpu -p no:cacheprovider --durations=15 tests
+
+gpu-check: test-gpu
+	$(GPU_ENV) $(GPU_PYTHON) benchmarks/gpu.py --quick
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

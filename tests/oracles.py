@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import torch
+
 try:
     from hypothesis import strategies as st
 except ImportError:  # a bare image: the property tests (mixtures_1d's users) are not collected

@@ -8,9 +8,8 @@ from torch._dynamo.utils import counters
 
 from torchmdn import GaussianMixture
 from torchmdn.nn.mdn import MDNHead
-from torchmdn.ops import compiled
+from torchmdn.ops import compiled, layout, reference
 from torchmdn.ops import kernel as kernels
-from torchmdn.ops import layout, reference
 
 F64 = torch.float64
 
