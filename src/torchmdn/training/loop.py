@@ -10,6 +10,7 @@ shared by all ranks (:mod:`torchmdn.training.distributed`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -240,8 +241,11 @@ class Run:
         self.net = group.wrap(_NLL(model)) if group.world > 1 else partial(_nll, model)
         if self.compile:
             self.net = _compiled_loss(self.net)
-        bf16 = s.precision == "bf16"
-        self.autocast = partial(torch.autocast, self.device.type, torch.bfloat16, enabled=bf16)
+        self.autocast = (
+            partial(torch.autocast, self.device.type, torch.bfloat16)
+            if s.precision == "bf16"
+            else contextlib.nullcontext
+        )
         self.noisy = s.noise_x > 0 or s.noise_y > 0
         if self.noisy:
             x_fit, y_fit = self.x_fit, self.y_fit
