@@ -314,7 +314,7 @@ def test_fit_sequences_and_generation_on_the_device(device):
     generation with a seeded generator there (reproducible)."""
     x, y = _data(b=8, t=5, pen=2, dtype=torch.float32)
     lengths = torch.tensor([5, 4, 5, 3, 5, 2, 5, 5])
-    m = _model(pen=2, dtype=torch.float32, covariance="diagonal").to(device)
+    m = _model(pen=2, dtype=torch.float32, covariance_type="diagonal").to(device)
     h = fit_sequences(m, x.to(device), y.to(device), lengths.to(device), max_epochs=2,
                       batch_size=4, random_state=0, progress=False)  # fmt: skip
     assert h.epochs == 2 and all(math.isfinite(v) for v in h.train_nll)

@@ -67,7 +67,7 @@ def test_head_backward_is_the_gradient_of_the_head_forward(covariance):
     for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a, b)
     # and the forward is the mixture the head describes
-    gm = GaussianMixture._from_head(out.detach(), floor, covariance, 2, 3)
+    gm = GaussianMixture.from_head_output(out.detach(), floor, covariance, 2, 3)
     torch.testing.assert_close(want.detach(), gm._log_prob_reference(value.detach()))
 
 
@@ -98,7 +98,7 @@ def test_compiled_head_equals_eager_and_a_new_batch_size_does_not_recompile(on_c
         with torch.no_grad():  # the eager reference from the same output
             out = head.linear(h)
         out.requires_grad_()
-        want = GaussianMixture._from_head(out, head.scale_floor, "diagonal", 4, 2)
+        want = GaussianMixture.from_head_output(out, head.scale_floor, "diagonal", 4, 2)
         compiled.DEVICES.discard("cpu")
         want_lp = want.log_prob(y)
         compiled.DEVICES.add("cpu")
@@ -114,7 +114,7 @@ def test_compiled_head_equals_eager_and_a_new_batch_size_does_not_recompile(on_c
 
 def test_compiled_full_covariance_and_double_backward(on_cpu):
     logits, loc, fac, value = (t.requires_grad_() for t in rows(layout.PRECISION, 16, 3, 2))
-    gm = GaussianMixture._from_precision_tril(logits, loc, fac, validate_args=False)
+    gm = GaussianMixture.from_precision_tril(logits, loc, fac, validate_args=False)
     lp = gm.log_prob(value)
     want = reference.tril_log_prob(logits, loc, fac, value)
     torch.testing.assert_close(lp, want)
