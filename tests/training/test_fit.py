@@ -531,17 +531,17 @@ def poisoned_batches(model, first_epoch_bad=1, how_many=3):
     return callback
 
 
-def test_steps_checked_in_windows_give_the_result_of_checking_every_step(monkeypatch):
+def test_steps_checked_in_windows_give_the_result_of_checking_every_step(monkeypatch, device):
     """On a GPU the guard is read every few steps and a window with a bad step is taken
-    again, checked; forced here on the CPU: same History (skips, roll-back, losses, lr) and
-    the same weights as reading the guard before every step."""
+    again, checked (forced on the CPU here too): same History (skips, roll-back, losses, lr)
+    and the same weights as reading the guard before every step."""
     import torchmdn.training.loop as loop
 
-    x, y = small_data(200)  # 180 training rows: 6 steps an epoch, windows of 4 and 2
+    x, y = (t.to(device) for t in small_data(200))  # 180 training rows: 6 steps an epoch
     runs = []
-    for every in (1, 4):
-        monkeypatch.setattr(loop, "_CHECK_EVERY", {"cpu": every})
-        model = small_model()
+    for every in (1, 4):  # windows of 4 and 2 steps
+        monkeypatch.setattr(loop, "_CHECK_EVERY", {device.type: every})
+        model = small_model().to(device)
         callback = poisoned_batches(model)
         h = fit(model, x, y, max_epochs=3, batch_size=32, progress=False, random_state=0,
                 callback=callback)  # fmt: skip

@@ -68,7 +68,8 @@ def available(device_type: str = "cuda") -> bool:
 def _ready(t: Tensor) -> bool:
     if t.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    if torch.compiler.is_compiling() or exporting():
         return False  # an outer compilation or export traces the tensor path itself
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
