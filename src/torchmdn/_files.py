@@ -13,6 +13,7 @@ proportional to the file and no deep recursion.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -164,10 +165,8 @@ def atomic_write(
             os.chmod(tmp, mode if mode is not None else keep)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     return target
 
