@@ -10,15 +10,18 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ._files import atomic_write, check_output
 from .errors import InputError, ModelFileError, TorchMDNError
-from .training.streaming import read_csv_text
+from .training.streaming import check_header, read_csv_text
 
 __all__ = ["main"]
 
@@ -39,14 +42,15 @@ class Table:
 
 
 def read_csv(path: str | Path) -> Table:
-    """Read a CSV file with a header row (delimiter sniffed among ``,``, ``;`` and tab)."""
+    """Read a CSV file with a header row (delimiter ``,``, ``;`` or tab, judged on the
+    header line); repeated column names and rows of another length are refused."""
     path = Path(path)
     text, dialect = read_csv_text(path)
     reader = csv.reader(io.StringIO(text), dialect)
     # keep each row's real line number for error messages (blank lines are skipped)
     numbered = [(reader.line_num, r) for r in reader if r]
     (_, first), rest = numbered[0], numbered[1:]
-    header = [h.strip() for h in first]
+    header = check_header(path, first)
     if not rest:
         raise InputError(f"{path} has a header but no data rows")
     for line, r in rest:
@@ -94,20 +98,58 @@ def write_csv(
     rows: torch.Tensor,
     lead: list[list[str]] | None = None,
 ) -> None:
-    """Write rows (optionally prefixed by string columns) to ``path`` or stdout."""
-    f = sys.stdout if path is None else open(path, "w", newline="")  # noqa: SIM115
-    try:
+    """Write rows (optionally prefixed by string columns) to ``path`` or stdout; a file is
+    written whole or not at all (temporary file + rename)."""
+
+    def write(f) -> None:
         w = csv.writer(f)
         w.writerow(header)
         for i, r in enumerate(rows.tolist()):
             w.writerow((lead[i] if lead else []) + [f"{v:.8g}" for v in r])
-    finally:
-        if path is not None:
-            f.close()
+
+    if path is None:
+        write(sys.stdout)
+    else:
+        atomic_write(path, write, text=True)
 
 
 def _split_names(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _widths(text: str | None) -> tuple[int, ...]:
+    """``--hidden 128,128`` as widths, with a clear error for anything else."""
+    if not text:
+        return (128, 128)
+    try:
+        widths = tuple(int(h) for h in _split_names(text))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise InputError(
+            f"--hidden must be positive integer widths separated by commas (e.g. 128,128); "
+            f"got {text!r}"
+        )
+    return widths
+
+
+def _save_or_rescue(model, path: str, metadata: dict) -> None:
+    """Save the trained model to ``path``; when that fails, to a new file in the temporary
+    folder, and raise an error naming both (training is never lost to a failed save)."""
+    from .io import save
+
+    try:
+        save(model, path, metadata=metadata)
+    except (OSError, ModelFileError) as err:
+        fd, rescue = tempfile.mkstemp(prefix="torchmdn-rescued-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save(model, rescue, metadata=metadata)
+        except (OSError, ModelFileError) as again:
+            raise OSError(f"could not write {path} ({err}) nor {rescue} ({again})") from None
+        raise OSError(
+            f"could not write {path} ({err}); the trained model was saved to {rescue} instead"
+        ) from None
 
 
 # ---------------------------------------------------------------------- commands
@@ -140,7 +182,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .io import save
     from .nn.mdn import MDN
     from .training.distributed import launched_rank
     from .training.fit import fit
@@ -149,6 +190,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     targets = _split_names(args.target)
     if not targets:
         raise InputError("--target names no column")
+    hidden = _widths(args.hidden)
+    if launched_rank() == 0:  # found now, not after training
+        check_output(args.output, inputs=args.data)
+    if not 0 <= args.validation_fraction < 1:
+        raise InputError(
+            f"--validation-fraction must be in [0, 1); got {args.validation_fraction}"
+        )
     parquet = any(Path(p).suffix.lower() in (".parquet", ".pq") for p in args.data)
     if args.stream or parquet or len(args.data) > 1:
         features = _split_names(args.features) if args.features else None
@@ -167,7 +215,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             )
         data = (columns(table, features).float(), columns(table, targets).float())
         rows = len(data[0])
-    hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
+        n_val = round(args.validation_fraction * rows)
+        if args.validation_fraction > 0 and not 1 <= n_val < rows:
+            raise InputError(
+                f"{args.data[0]} has {rows} rows: too few to hold out a validation share of "
+                f"{args.validation_fraction}; add rows or pass --validation-fraction 0"
+            )
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(args.seed)
         model = MDN(
@@ -184,13 +237,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         *data,
         max_epochs=args.epochs,
         batch_size=args.batch_size,
+        validation_fraction=args.validation_fraction,
         random_state=args.seed,
         progress=not args.quiet,
     )
     if launched_rank() != 0:  # under torchrun, rank 0 alone writes and reports
         return 0
     trained_on = ",".join(str(p) for p in args.data)
-    save(model, args.output, metadata={"trained_on": trained_on, "rows": rows})
+    _save_or_rescue(model, args.output, {"trained_on": trained_on, "rows": rows})
     val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
     print(f"trained {history.epochs} epochs in {history.time_s:.1f} s{val}; wrote {args.output}")
     return 0
@@ -199,9 +253,25 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _load_with_data(args: argparse.Namespace):
     from .io import load
 
+    output = getattr(args, "output", None)
+    if output is not None:  # found before any work, and never an input
+        check_output(output, inputs=[args.model, args.data])
     model = load(args.model)
     table = read_csv(args.data)
-    features = model.feature_names or table.header[: model.in_features]
+    features = model.feature_names
+    if args.features:
+        features = _split_names(args.features)
+        if len(features) != model.in_features:
+            raise InputError(
+                f"--features names {len(features)} column(s) but the model {args.model} takes "
+                f"{model.in_features}: {features}"
+            )
+    elif features is None:
+        raise ModelFileError(
+            f"the model {args.model} was saved without feature names, so its columns cannot "
+            f"be matched by name; pass --features with its {model.in_features} feature "
+            "column(s) in training order"
+        )
     missing = [c for c in features if c not in table.header]
     if missing:
         raise ModelFileError(
@@ -263,6 +333,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         from .plot import evaluation_plots
 
+        if Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise InputError(f"--plots {args.plots} is a file; name a folder")
+
         for path in evaluation_plots(args.plots, model, x, y, dist):
             print(f"wrote {path}")
     return 0
@@ -318,9 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--covariance", choices=["diagonal", "isotropic", "full"], default="diagonal")
     f.add_argument("--hidden", help="hidden layer widths, e.g. 128,128")
     f.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping)")
+    f.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of rows held out to pick the best epoch (default 0.1; 0: none)")  # fmt: skip
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--quiet", action="store_true")
-    f.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    f.add_argument("-o", "--output", required=True,
+                   help="model file to write (.safetensors); checked before training, never an "
+                   "input, a folder or a device; a symlink is written through")  # fmt: skip
     f.set_defaults(run=_cmd_fit)
 
     for name, fn, helptext in (
@@ -331,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
         c.add_argument("model", help="model file written by 'torchmdn fit'")
         c.add_argument("data", help="CSV file with the model's feature columns")
+        c.add_argument("--features", help="feature columns, comma-separated, in training "
+                       "order (default: the names saved in the model)")  # fmt: skip
         if name == "sample":
             c.add_argument("-n", type=int, default=10, help="draws per row")
             c.add_argument("--seed", type=int, default=0)
@@ -338,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--target", help="target column(s) (default: as at training)")
             c.add_argument("--plots", help="folder to write diagnostic plots (PNG) into")
         else:
-            c.add_argument("-o", "--output", help="CSV to write (default: stdout)")
+            c.add_argument("-o", "--output", help="CSV to write (default: stdout); never an "
+                       "input, a folder or a device; a symlink is written through")  # fmt: skip
         c.set_defaults(run=fn)
 
     k = sub.add_parser(
