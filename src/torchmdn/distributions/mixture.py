@@ -187,7 +187,9 @@ class GaussianMixture(Distribution):
         validate = Distribution._validate_args if validate_args is None else validate_args
         if validate:
             self._check_parameters()
-        super().__init__(batch_shape, torch.Size((d,)), validate_args=validate_args)
+        # (torch's checks cannot reshape zero rows: none for an empty batch; ours above ran)
+        empty = batch_shape.numel() == 0
+        super().__init__(batch_shape, torch.Size((d,)), validate_args=False if empty else validate_args)
 
     # ------------------------------------------------------------------ validation
 

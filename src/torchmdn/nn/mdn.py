@@ -241,7 +241,8 @@ class MDNHead(nn.Module):
     ) -> None:
         """Start at the unconditional mixture fit of targets ``z (N, d)`` (in the head's units).
 
-        k-means (k-means++ seeding, ``iters`` Lloyd steps) places one component on each
+        k-means (k-means++ seeding, ``iters`` Lloyd steps; cost O(N n d) each, for ``N`` rows
+        of ``z``) places one component on each
         cluster with that cluster's standard deviations; weights start near uniform (half
         uniform, half the cluster shares) and the weight rows stay small, so training starts
         from the unconditional fit, a known cure for components that never get used.
@@ -251,17 +252,21 @@ class MDNHead(nn.Module):
         if len(z) < n:
             z = z.repeat(math.ceil(n / len(z)), 1)
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        centers = z[torch.randint(len(z), (1,), generator=gen)]
-        for _ in range(1, n):  # k-means++ seeding
-            dist2 = torch.cdist(z, centers).square().min(1).values
-            probs = dist2 / dist2.sum() if dist2.sum() > 0 else torch.full_like(dist2, 1 / len(z))
-            centers = torch.cat([centers, z[torch.multinomial(probs, 1, generator=gen)]])
-        for _ in range(iters):
+        # k-means++ seeding: each row's distance to its nearest centre is kept up to date
+        # (one new centre at a time), so seeding costs O(N n d), not O(N n² d)
+        centers = torch.empty(n, d, dtype=z.dtype)
+        centers[0] = z[torch.randint(len(z), (1,), generator=gen)][0]
+        dist2 = (z - centers[0]).square().sum(1)
+        for k in range(1, n):
+            total = dist2.sum()
+            probs = dist2 / total if total > 0 else torch.full_like(dist2, 1 / len(z))
+            centers[k] = z[torch.multinomial(probs, 1, generator=gen)][0]
+            dist2 = torch.minimum(dist2, (z - centers[k]).square().sum(1))
+        for _ in range(iters):  # Lloyd steps: O(N n d) each, the centres by one index_add
             assign = torch.cdist(z, centers).argmin(1)
-            for k in range(n):
-                members = z[assign == k]
-                if len(members):
-                    centers[k] = members.mean(0)
+            sums = torch.zeros_like(centers).index_add_(0, assign, z)
+            counts = torch.bincount(assign, minlength=n).to(z.dtype)
+            centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
         assign = torch.cdist(z, centers).argmin(1)
         fallback = z.std(0).clamp_min(1e-3) / n ** (1 / d)
         self.linear.bias.zero_()
