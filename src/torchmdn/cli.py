@@ -213,7 +213,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise InputError(
                 f"no feature columns left besides the targets {targets}; pass --features"
             )
-        data = (columns(table, features).float(), columns(table, targets).float())
+        data = (
+            _in_dtype(columns(table, features), torch.float32, args.data[0]),
+            _in_dtype(columns(table, targets), torch.float32, args.data[0]),
+        )
         rows = len(data[0])
         n_val = round(args.validation_fraction * rows)
         if args.validation_fraction > 0 and not 1 <= n_val < rows:
@@ -277,8 +280,29 @@ def _load_with_data(args: argparse.Namespace):
         raise ModelFileError(
             f"the model {args.model} expects feature columns {features}; {args.data} lacks {missing}"
         )
-    x = columns(table, features).to(model.x_loc.dtype)
+    x = _in_dtype(columns(table, features), model.x_loc.dtype, args.data)
     return model, table, x
+
+
+def _in_dtype(values: torch.Tensor, dtype: torch.dtype, where: object) -> torch.Tensor:
+    """``values`` converted to the model's dtype, refusing those it cannot hold."""
+    out = values.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise InputError(
+            f"{where}: values up to {values.abs().max().item():.3g} overflow the model's "
+            f"{dtype}; change units, or train with dtype=float64"
+        )
+    return out
+
+
+def _finite_output(out: torch.Tensor, what: str, dtype: torch.dtype) -> torch.Tensor:
+    """Refuse outputs that overflowed the model's dtype rather than write inf or nan."""
+    if not bool(torch.isfinite(out).all()):
+        raise InputError(
+            f"the {what} overflow the model's {dtype} (inf or nan); the data lie beyond its "
+            "range: change units, or train with dtype=float64"
+        )
+    return out
 
 
 def _target_names(model) -> list[str]:
@@ -289,7 +313,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model, _, x = _load_with_data(args)
     with torch.no_grad():
         dist = model(x)
-        out = torch.cat([dist.mean, dist.stddev], -1)
+        out = _finite_output(torch.cat([dist.mean, dist.stddev], -1), "predictions", x.dtype)
     names = _target_names(model)
     write_csv(args.output, [f"{n}_mean" for n in names] + [f"{n}_std" for n in names], out)
     return 0
@@ -302,7 +326,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         draws = model(x).sample((args.n,), generator=gen)  # [n, rows, d]
-    rows = draws.transpose(0, 1).reshape(-1, draws.shape[-1])
+    rows = _finite_output(draws.transpose(0, 1).reshape(-1, draws.shape[-1]), "samples", x.dtype)
     lead = [[str(i), str(k)] for i in range(len(x)) for k in range(args.n)]
     write_csv(args.output, ["row", "draw"] + _target_names(model), rows, lead)
     return 0
@@ -315,7 +339,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ModelFileError(
             f"the model predicts {model.out_features} target(s); --target names {len(targets)}: {targets}"
         )
-    y = columns(table, targets).to(x.dtype)
+    y = _in_dtype(columns(table, targets), x.dtype, args.data)
     from . import metrics
 
     with torch.no_grad():
@@ -327,6 +351,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             gen = torch.Generator(device=y.device).manual_seed(0)
             score = f"mean energy score {metrics.energy_score(dist, y, generator=gen).item():.4f}"
         coverage = metrics.interval_coverage(dist, y, level=0.9).item()
+    _finite_output(torch.tensor([nll]).nan_to_num(posinf=0.0), "scores", x.dtype)  # NaN only
     print(f"mean NLL {nll:.4f} nats over {len(x)} rows")
     print(f"{score} (in target units; lower is better)")
     print(f"90% interval coverage {coverage:.3f} (ideal 0.900)")

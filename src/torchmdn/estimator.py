@@ -67,7 +67,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         n_components: number of Gaussian components.
         covariance_type: ``"diag"``, ``"spherical"`` or ``"full"`` (scikit-learn's names;
             only matters for 2-d targets).
-        hidden_layer_sizes: widths of the hidden layers of the MLP.
+        hidden_layer_sizes: widths of the hidden layers of the MLP (one integer: one layer).
         activation: ``"silu"``, ``"relu"``, ``"tanh"`` or ``"gelu"``.
         min_scale: floor on component standard deviations, in standardised units of y.
         target_resolution: ``"auto"`` (detect targets recorded on a grid and floor their
@@ -210,7 +210,14 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         return X
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.tensor(np.asarray(a), dtype=_DTYPES[self.dtype], device=self.device)
+        """``a`` in the model's dtype, refusing values that overflow it (1e39 in float32)."""
+        t = torch.tensor(np.asarray(a), dtype=_DTYPES[self.dtype], device=self.device)
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(
+                f"some values (largest magnitude {float(np.abs(a).max()):.3g}) overflow "
+                f"{self.dtype}; use MDNRegressor(dtype='float64') or change units"
+            )
+        return t
 
     # ------------------------------------------------------------------ fit
 
@@ -264,7 +271,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 X.shape[1],
                 self.n_outputs_,
                 n_components=self.n_components,
-                hidden=tuple(self.hidden_layer_sizes),
+                hidden=self.hidden_layer_sizes,  # (one integer: one layer)
                 covariance_type=_COVARIANCES[self.covariance_type],
                 activation=self.activation,
                 min_scale=self.min_scale,

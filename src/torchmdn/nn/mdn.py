@@ -9,6 +9,7 @@ over y in the user's units; the buffers are set from data by :meth:`MDN.standard
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +40,19 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` as an ``int`` (NumPy integers accepted), refusing bools and values < 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InputError(f"{name} must be a positive integer; got {value!r}")
-    return value
+    return int(value)
+
+
+def _widths(hidden: Any) -> tuple[int, ...]:
+    """Hidden layer widths: a sequence of positive integers, or one integer for one layer."""
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+        return (_check_positive_int("hidden width", hidden),)
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise InputError(f"hidden must be a sequence of positive integer widths; got {hidden!r}")
+    return tuple(_check_positive_int("hidden width", h) for h in hidden)
 
 
 def _softplus_inverse(x: Tensor) -> Tensor:
@@ -83,7 +94,15 @@ def write_normalizers(
     follows. A constant input column gets scale 1 (it carries no information); a constant or
     non-finite target column is an :class:`InputError` (``context`` says where it was seen),
     since a density over a constant is not defined."""
-    y_std = torch.as_tensor(y_scale).to(module.y_scale)
+    wide = torch.as_tensor(y_scale).double()
+    y_std = wide.to(module.y_scale)
+    overflow = torch.isfinite(wide) & (wide > 0) & ~(torch.isfinite(y_std) & (y_std > 0))
+    if overflow.any():
+        raise InputError(
+            f"target column(s) {torch.nonzero(overflow).flatten().tolist()} have a spread "
+            f"({wide[overflow].tolist()[:3]}) beyond the range of {module.y_scale.dtype}; "
+            "use dtype=float64 (model.double(), MDNRegressor(dtype='float64')) or change units"
+        )
     bad = ~(torch.isfinite(y_std) & (y_std > 0))
     if bad.any():
         raise InputError(
@@ -108,12 +127,9 @@ class MLP(nn.Sequential):
         if activation not in ACTIVATIONS:
             raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
         layers: list[nn.Module] = []
-        width = _check_positive_int("in_features", in_features)
-        for h in hidden:
-            layers += [
-                nn.Linear(width, _check_positive_int("hidden width", h)),
-                ACTIVATIONS[activation](),
-            ]
+        width = in_features = _check_positive_int("in_features", in_features)
+        for h in _widths(hidden):
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
             width = h
         super().__init__(*layers)
         self.in_features = in_features
@@ -355,8 +371,10 @@ class MDN(nn.Module):
         target_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        in_features = _check_positive_int("in_features", in_features)
+        out_features = _check_positive_int("out_features", out_features)
         self.target_resolution = self._check_resolution(target_resolution, out_features)
-        self.backbone = MLP(in_features, tuple(hidden), activation)
+        self.backbone = MLP(in_features, _widths(hidden), activation)
         self.head = MDNHead(
             self.backbone.out_features, out_features, n_components, covariance_type, min_scale
         )
@@ -400,6 +418,7 @@ class MDN(nn.Module):
         """Set the normalisers from data: per-column mean and standard deviation (see
         :meth:`set_normalizers` for the rules)."""
         x, y = self._check_x(x), self._check_y(y)
+        x, y = x.double(), y.double()  # (float32 squares overflow for |y| ~ 1e20, underflow at 1e-25)
         one = len(y) < 2  # one row: std is undefined; set_normalizers reports it
         return self.set_normalizers(
             x.mean(0), torch.ones_like(x[0]) if one else x.std(0),

@@ -26,6 +26,7 @@ times ``1 + b`` and standard deviations times ``exp(-b)`` (``b = 0``: the model 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +54,10 @@ State = Tensor | tuple[Tensor, Tensor]
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """``value`` as an ``int`` (NumPy integers accepted), refusing bools and values < low."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise InputError(f"{name} must be an integer >= {low}; got {value!r}")
-    return value
+    return int(value)
 
 
 def lengths_to_mask(lengths: Tensor | Sequence[int], max_len: int | None = None) -> Tensor:
@@ -240,7 +242,7 @@ class MDNRNN(nn.Module):
         self.num_layers = _check_int("num_layers", num_layers, 1)
         self.cell, self.pen_states, self.dropout = cell, int(pen_states), float(dropout)
         self.rnn = CELLS[cell](
-            in_features, hidden_size, num_layers, batch_first=True, dropout=dropout
+            self.in_features, self.hidden_size, self.num_layers, batch_first=True, dropout=dropout
         )
         self.head = MDNHead(hidden_size, out_features, n_components, covariance_type, min_scale)
         self.pen = PenStateHead(hidden_size, pen_states) if pen_states else None

@@ -164,6 +164,9 @@ def fit(
         TrainingError: the loss stayed non-finite after repeated roll-backs; the message
             names the parameter blocks and training rows involved.
     """
+    max_epochs, batch_size, checkpoint_every, patience = (
+        _plain_int(v) for v in (max_epochs, batch_size, checkpoint_every, patience)
+    )
     settings = Settings(
         max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         validation_fraction=validation_fraction, warmup_fraction=warmup_fraction,
@@ -214,6 +217,13 @@ def fit(
 
 
 # ---------------------------------------------------------------------- the pieces of fit
+
+
+def _plain_int(value: Any) -> Any:
+    """A NumPy integer as a Python ``int`` (what JSON and the checks take); else unchanged."""
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _check_arguments(s: Settings, patience: int | None, checkpoint_every: int) -> None:
