@@ -216,3 +216,9 @@ def test_a_hostile_header_is_read_in_linear_time(tmp_path, capsys):
     started = time.perf_counter()
     _error(capsys, main(["fit", str(data), "--target", "y", *FIT, "-o", str(tmp_path / "m")]))
     assert time.perf_counter() - started < 2.0
+
+
+def test_values_beyond_the_model_dtype_are_refused(tmp_path, model, capsys):
+    data = _csv(tmp_path / "big.csv", "x1,x2,y\n1e39,0.5,1\n")  # finite in float64 only
+    _error(capsys, main(["predict", str(model), str(data)]), "overflow", "float64")
+    _error(capsys, main(["evaluate", str(model), str(data)]), "overflow", "float64")

@@ -245,6 +245,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             )  # fmt: skip
         except ValueError as err:
             raise InputError(f"{err} {_REMEDY}") from err
+        if y.dtype.kind not in "biuf":
+            raise InputError(
+                f"y must hold numbers; got values of dtype {y.dtype} (e.g. {y.flat[0]!r}). "
+                "MDNRegressor models numeric targets: convert y to numbers first"
+            )
         self._y_1d = y.ndim == 1
         y2 = y.reshape(len(y), -1)
         self.n_outputs_ = y2.shape[1]

@@ -187,3 +187,19 @@ def test_distributed_true_without_a_launcher_is_a_clear_error(monkeypatch):
     with pytest.raises(InputError, match="distributed must be"):
         fit(model(), *data(), distributed="yes", **KW)
     assert not dist.is_initialized()
+
+
+def test_stale_torchrun_variables_are_ignored_with_a_warning(monkeypatch):
+    from torchmdn.training.distributed import torchrun_environment
+
+    for var in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.warns(RuntimeWarning, match="not started by torchrun"):
+        assert not torchrun_environment()
+    with pytest.warns(RuntimeWarning, match="not started by torchrun"), \
+            process_group(None, torch.device("cpu")) as group:  # fmt: skip
+        assert group.world == 1  # (the old code waited here for a rank 1 forever)

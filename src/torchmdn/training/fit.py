@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, ModelFileError, TorchMDNError
 from .distributed import Group, local_slice, process_group
 from .loop import History, Run, Settings
 from .streaming import Scan, TableSource
@@ -186,6 +186,7 @@ def fit(
         from ..io import load_checkpoint
 
         ckpt_tensors, ckpt = load_checkpoint(resume)
+        _check_state(resume, ckpt)
         random_state = ckpt["seed"]
     seed = torch.Generator().seed() if random_state is None else int(random_state)
     gen = torch.Generator().manual_seed(seed)
@@ -204,7 +205,12 @@ def fit(
             _start_fresh(model, data, standardize, initialize, gen)
         run = Run(model, params, data, validation, group, gen, seed, settings, fingerprint)
         if resume is not None:
-            run.restore(resume, ckpt_tensors, ckpt)
+            try:
+                run.restore(resume, ckpt_tensors, ckpt)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+                if isinstance(err, TorchMDNError):
+                    raise
+                raise ModelFileError(f"{resume}: the checkpoint's state is damaged ({err!r})") from None
         run.begin(progress)  # wraps the loss in DDP when data parallel
         try:
             run.train(patience, callback, checkpoint, checkpoint_every)
@@ -316,6 +322,26 @@ def _prepare_data(
         data = _InMemory(x, y, given, validation_fraction, gen, group)
         fingerprint = data.fingerprint()
     return data, given or data.validation, fingerprint
+
+
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "seed": (int,), "epoch": (int,), "step": (int,), "since_best": (int,),
+    "lr_mult": (int, float), "history": (dict,), "opt_groups": (list,),
+    "settings": (dict,), "fingerprint": (str,),
+}  # fmt: skip
+
+
+def _check_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint state with missing fields or fields of the wrong type."""
+    for key, types in _STATE_TYPES.items():
+        value = state.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ModelFileError(
+                f"{path}: the checkpoint's state field {key!r} is {str(value)[:40]!r}; "
+                "the file is damaged"
+            )
+    if min(state["epoch"], state["step"], state["since_best"]) < 0:
+        raise ModelFileError(f"{path}: the checkpoint's counters are negative; the file is damaged")
 
 
 def _check_checkpoint(
