@@ -48,7 +48,10 @@ def read_csv(path: str | Path) -> Table:
     text, dialect = read_csv_text(path)
     reader = csv.reader(io.StringIO(text), dialect)
     # keep each row's real line number for error messages (blank lines are skipped)
-    numbered = [(reader.line_num, r) for r in reader if r]
+    try:
+        numbered = [(reader.line_num, r) for r in reader if r]
+    except csv.Error as err:  # e.g. a stray carriage return inside a field
+        raise InputError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from None
     (_, first), rest = numbered[0], numbered[1:]
     header = check_header(path, first)
     if not rest:

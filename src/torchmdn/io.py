@@ -68,7 +68,7 @@ def _write(
     fsync, rename: see :func:`torchmdn._files.atomic_write`). Any failure of the disk is an
     ``OSError`` naming the path, and the destination is left as it was."""
     try:
-        text = json.dumps(header, allow_nan=False)
+        text = json.dumps(header)
     except (TypeError, ValueError) as err:
         raise ModelFileError(f"metadata must be JSON-serialisable: {err}") from err
     try:
@@ -126,7 +126,7 @@ def _planned_size(cls: type, config: dict[str, Any], path: Any, n_tensors: int) 
     n = config.get("n_components", 5)
     cov = config.get("covariance_type", "diagonal" if cls is MDN else "full")
     per = {"diagonal": 1 + 2 * d, "isotropic": 2 + d, "full": 1 + d + d * (d + 1) // 2}
-    if cov not in per:
+    if not isinstance(cov, str) or cov not in per:
         raise ModelFileError(f"{path}: invalid model config (covariance_type={str(cov)[:40]!r})")
     if cls is MDN:
         hidden = config.get("hidden", [128, 128])
@@ -142,7 +142,8 @@ def _planned_size(cls: type, config: dict[str, Any], path: Any, n_tensors: int) 
         last = widths[-1]
     else:
         h, layers = config.get("hidden_size", 128), config.get("num_layers", 1)
-        gates = {"lstm": 4, "gru": 3}.get(config.get("cell", "lstm"), 1)
+        cell = config.get("cell", "lstm")
+        gates = {"lstm": 4, "gru": 3}.get(cell, 1) if isinstance(cell, str) else 1
         body = gates * h * (i + h + 2) + (layers - 1) * gates * h * (2 * h + 2)
         last = h
     return body + (last + 1) * n * per[cov] + 2 * i + 3 * d + 1
