@@ -177,18 +177,17 @@ def json_depth(text: str) -> int:
     import numpy as np
 
     outside = "".join(re.sub(r"\\.", "", text).split('"')[::2])  # escapes, then strings out
-    brackets = re.sub(r"[^\[\]{}]", "", outside).encode()
-    if not brackets:
-        return 0
-    codes = np.frombuffer(brackets, dtype=np.uint8)
-    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
-    return int(np.cumsum(steps).max())
+    codes = np.frombuffer(outside.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    steps = (codes == ord("[")).astype(np.int64) + (codes == ord("{"))
+    steps -= (codes == ord("]")).astype(np.int64) + (codes == ord("}"))
+    return int(np.cumsum(steps).max(initial=0))
 
 
 def loads_bounded(text: str, what: str) -> Any:
     """``json.loads(text)``, refusing (``ModelFileError``) nesting deeper than
     :data:`MAX_JSON_DEPTH` before parsing (deep nesting would exhaust the recursion)."""
-    if json_depth(text) > MAX_JSON_DEPTH:
+    opening = text.count("[") + text.count("{")  # depth can be no more (the cheap common case)
+    if opening > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
         raise ModelFileError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(text)

@@ -130,13 +130,13 @@ def _planned_size(cls: type, config: dict[str, Any], path: Any, n_tensors: int) 
         raise ModelFileError(f"{path}: invalid model config (covariance_type={str(cov)[:40]!r})")
     if cls is MDN:
         hidden = config.get("hidden", [128, 128])
-        if not (isinstance(hidden, list) and all(_is_int(h) for h in hidden)):
-            raise ModelFileError(f"{path}: invalid model config (hidden={str(hidden)[:80]})")
-        if 2 * len(hidden) > n_tensors:  # each layer holds a weight and a bias
+        if isinstance(hidden, list) and 2 * len(hidden) > n_tensors:  # a weight and a bias each
             raise ModelFileError(
                 f"{path}: the config names {len(hidden)} hidden layers; the file holds "
                 f"{n_tensors} tensors"
             )
+        if not (isinstance(hidden, list) and all(_is_int(h) for h in hidden)):
+            raise ModelFileError(f"{path}: invalid model config (hidden={str(hidden)[:80]})")
         widths = [i, *hidden]
         body = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
         last = widths[-1]
