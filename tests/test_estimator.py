@@ -246,3 +246,33 @@ def test_a_pickle_from_a_gpu_machine_predicts_on_the_cpu():
     again = pickle.loads(pickle.dumps(reg))
     assert again.model_.x_loc.device.type == "cpu"
     np.testing.assert_array_equal(again.predict(X), reg.predict(X))
+
+
+def test_grid_search_over_numpy_integers_and_one_hidden_width():
+    X = np.linspace(0, 1, 40)[:, None]
+    y = X[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(40)
+    reg = MDNRegressor(hidden_layer_sizes=8, max_epochs=2, random_state=0)
+    search = GridSearchCV(reg, {"n_components": np.arange(1, 3)}, cv=2, error_score="raise")
+    search.fit(X, y)
+    assert search.best_params_["n_components"] in (1, 2)
+
+
+def test_values_beyond_float32_are_refused_with_the_remedy():
+    X = np.linspace(0, 1, 20)[:, None]
+    y = X[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(20)
+    reg = MDNRegressor(hidden_layer_sizes=(4,), max_epochs=1, random_state=0).fit(X, y)
+    with pytest.raises(InputError, match="float64"):
+        reg.predict(np.array([[1e39]]))
+    with pytest.raises(InputError):
+        MDNRegressor(max_epochs=1).fit(X, np.array(["a"] * 20))
+
+
+def test_tiny_and_huge_targets_in_float32():
+    X = np.linspace(0, 1, 30)[:, None]
+    noise = 1 + 0.1 * np.random.default_rng(0).standard_normal(30)
+    for unit in (1e20, 1e-25):
+        reg = MDNRegressor(hidden_layer_sizes=(4,), max_epochs=2, random_state=0).fit(
+            X, unit * noise
+        )
+        std = reg.model_.y_scale.item()
+        assert 0 < std < math.inf and 0.01 < std / unit < 1

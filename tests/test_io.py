@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -245,7 +246,7 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 def test_a_folder_is_not_a_model_file(tmp_path):
-    with pytest.raises(ModelFileError, match="not found"):
+    with pytest.raises(ModelFileError, match="is a directory"):
         load(tmp_path)
 
 
@@ -376,15 +377,26 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkey
     save(_tiny(seed=0), path)
     before = path.read_bytes()
 
-    def crash(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")
-        raise OSError("disk full")
+    def full_disk(fd):  # the bytes are written, the flush to disk fails (ENOSPC)
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("torchmdn.io.save_file", crash)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr("torchmdn._files.os.fsync", full_disk)
+    with pytest.raises(OSError, match="No space left") as info:
         save(_tiny(seed=1), path)
+    assert str(path) in str(info.value)
     assert os.listdir(tmp_path) == ["m.safetensors"]
     assert path.read_bytes() == before
+
+
+def test_a_safetensors_failure_is_a_model_file_error(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def broken(tensors, metadata=None):
+        raise SafetensorError("Error while serializing")
+
+    monkeypatch.setattr("torchmdn.io.save_bytes", broken)
+    with pytest.raises(ModelFileError, match="cannot write"):
+        save(_tiny(), tmp_path / "m.safetensors")
 
 
 def test_mdnrnn_round_trip(tmp_path):
@@ -477,3 +489,105 @@ def test_load_on_cuda_without_cuda_is_a_clear_error(tmp_path):
     path = save(MDN(2, 1, hidden=(4,)), tmp_path / "m.safetensors")
     with pytest.raises(InputError, match="no usable CUDA device"):
         load(path, device="cuda")
+
+
+# ---------------------------------------------------------------- forged and damaged files
+
+
+def _forge(tmp_path, header_edit, tensors_edit=None) -> Path:
+    """A saved tiny model whose torchmdn header (and tensors) were edited."""
+    good = tmp_path / "good.safetensors"
+    save(_tiny(), good)
+    with safe_open(str(good), framework="pt") as f:
+        header = json.loads(f.metadata()["torchmdn"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    header = header_edit(header) or header
+    if tensors_edit is not None:
+        tensors_edit(tensors)
+    path = tmp_path / "forged.safetensors"
+    text = header if isinstance(header, str) else json.dumps(header)
+    save_file(tensors, str(path), metadata={"torchmdn": text})
+    return path
+
+
+def _config(**changes):
+    def edit(header):
+        header["config"].update(changes)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_config(hidden=[16000, 16000]), "numbers but the file holds"),
+        (_config(hidden=[1] * 300_000), "hidden layers"),
+        (_config(in_features=10**12), "numbers but the file holds"),
+        (_config(n_components=10**12), "numbers but the file holds"),
+        (_config(n_components=2.5), "invalid model config"),
+        (_config(hidden="8"), "invalid model config"),
+        (lambda h: h.update({"class": ["MDN"]}), "unknown model class"),
+        (lambda h: h.update({"config": [1]}), "invalid model config"),
+        (lambda h: "[" * 100_000 + "]" * 100_000, "nested deeper"),
+        (lambda h: h["metadata"].update({"x": json.loads("[" * 40 + "]" * 40)}), "nested deeper"),
+    ],
+)
+def test_forged_configs_are_refused_before_anything_is_built(tmp_path, edit, match):
+    import time
+
+    path = _forge(tmp_path, edit)
+    started = time.perf_counter()
+    with pytest.raises(ModelFileError, match=match):
+        load(path)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("x_scale", 0.0, "values <= 0"),
+        ("y_scale", -1.0, "values <= 0"),
+        ("x_loc", float("nan"), "NaN or infinite"),
+        ("head.linear.bias", float("inf"), "NaN or infinite"),
+    ],
+)
+def test_tampered_normalisers_and_weights_are_refused(tmp_path, name, value, match):
+    def edit(tensors):
+        tensors[name] = torch.full_like(tensors[name], value)
+
+    with pytest.raises(ModelFileError, match=match):
+        load(_forge(tmp_path, lambda h: None, edit))
+
+
+def test_a_header_longer_than_the_file_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes((10**15).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ModelFileError, match="header of"):
+        load(path)
+
+
+def test_a_header_nested_deep_in_the_tensor_table_is_refused(tmp_path):
+    body = b"[" * 50_000 + b"]" * 50_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(len(body).to_bytes(8, "little") + body)
+    with pytest.raises(ModelFileError, match="nested deeper"):
+        load(path)
+
+
+def test_damaged_checkpoint_is_refused_by_its_checksum(tmp_path):
+    from torchmdn.io import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": torch.arange(4.0)}, {"epoch": 3})
+    tensors, state = load_checkpoint(path)
+    assert state == {"epoch": 3} and torch.equal(tensors["w"], torch.arange(4.0))
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # one flipped bit in the last tensor's bytes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_checkpoint(path)
+    save_file({"w": torch.arange(4.0)}, str(path), metadata={"torchmdn": json.dumps(
+        {"format_version": 1, "class": "checkpoint", "state": {"epoch": 4}, "checksum": "0"}
+    )})  # fmt: skip
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_checkpoint(path)

@@ -101,7 +101,7 @@ def bishop_model(tmp_path_factory):
     x, t = torchmdn.datasets.bishop(600, 0)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = torchmdn.MDN(1, 1, n_components=3, hidden=(16, 16))
+        model = torchmdn.MDN(1, 1, n_components=3, hidden=(16, 16), feature_names=["x"])
     torchmdn.fit(model, x[:500], t[:500], max_epochs=8, progress=False, random_state=0)
     folder = tmp_path_factory.mktemp("bishop")
     path = folder / "m.safetensors"

@@ -10,7 +10,9 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any
 
 import torch
 
+from ._files import atomic_write, check_output
 from .errors import InputError, ModelFileError, TorchMDNError
-from .training.streaming import read_csv_text
+from .training.streaming import check_header, read_csv_text
 
 __all__ = ["main"]
 
@@ -40,14 +43,18 @@ class Table:
 
 
 def read_csv(path: str | Path) -> Table:
-    """Read a CSV file with a header row (delimiter sniffed among ``,``, ``;`` and tab)."""
+    """Read a CSV file with a header row (delimiter ``,``, ``;`` or tab, judged on the
+    header line); repeated column names and rows of another length are refused."""
     path = Path(path)
     text, dialect = read_csv_text(path)
     reader = csv.reader(io.StringIO(text), dialect)
     # keep each row's real line number for error messages (blank lines are skipped)
-    numbered = [(reader.line_num, r) for r in reader if r]
+    try:
+        numbered = [(reader.line_num, r) for r in reader if r]
+    except csv.Error as err:  # e.g. a stray carriage return inside a field
+        raise InputError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from None
     (_, first), rest = numbered[0], numbered[1:]
-    header = [h.strip() for h in first]
+    header = check_header(path, first)
     if not rest:
         raise InputError(f"{path} has a header but no data rows")
     for line, r in rest:
@@ -95,16 +102,19 @@ def write_csv(
     rows: torch.Tensor,
     lead: list[list[str]] | None = None,
 ) -> None:
-    """Write rows (optionally prefixed by string columns) to ``path`` or stdout."""
-    f = sys.stdout if path is None else open(path, "w", newline="")  # noqa: SIM115
-    try:
+    """Write rows (optionally prefixed by string columns) to ``path`` or stdout; a file is
+    written whole or not at all (temporary file + rename)."""
+
+    def write(f) -> None:
         w = csv.writer(f)
         w.writerow(header)
         for i, r in enumerate(rows.tolist()):
             w.writerow((lead[i] if lead else []) + [f"{v:.8g}" for v in r])
-    finally:
-        if path is not None:
-            f.close()
+
+    if path is None:
+        write(sys.stdout)
+    else:
+        atomic_write(path, write, text=True)
 
 
 def _device_option(parser: argparse.ArgumentParser) -> None:
@@ -168,6 +178,41 @@ def index_like(table: Table, name: str) -> str | None:
     return None
 
 
+def _widths(text: str | None) -> tuple[int, ...]:
+    """``--hidden 128,128`` as widths, with a clear error for anything else."""
+    if not text:
+        return (128, 128)
+    try:
+        widths = tuple(int(h) for h in _split_names(text))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise InputError(
+            f"--hidden must be positive integer widths separated by commas (e.g. 128,128); "
+            f"got {text!r}"
+        )
+    return widths
+
+
+def _save_or_rescue(model, path: str, metadata: dict) -> None:
+    """Save the trained model to ``path``; when that fails, to a new file in the temporary
+    folder, and raise an error naming both (training is never lost to a failed save)."""
+    from .io import save
+
+    try:
+        save(model, path, metadata=metadata)
+    except (OSError, ModelFileError) as err:
+        fd, rescue = tempfile.mkstemp(prefix="torchmdn-rescued-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save(model, rescue, metadata=metadata)
+        except (OSError, ModelFileError) as again:
+            raise OSError(f"could not write {path} ({err}) nor {rescue} ({again})") from None
+        raise OSError(
+            f"could not write {path} ({err}); the trained model was saved to {rescue} instead"
+        ) from None
+
+
 # ---------------------------------------------------------------------- commands
 
 
@@ -198,7 +243,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .io import resolve_device, save
+    from .io import resolve_device
     from .nn.mdn import MDN
     from .training.distributed import launched_rank
     from .training.fit import fit
@@ -211,6 +256,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     targets = _split_names(args.target)
     if not targets:
         raise InputError("--target names no column")
+    hidden = _widths(args.hidden)
+    if launched_rank() == 0:  # found now, not after training
+        check_output(args.output, inputs=args.data)
+    if not 0 <= args.validation_fraction < 1:
+        raise InputError(f"--validation-fraction must be in [0, 1); got {args.validation_fraction}")
     parquet = any(Path(p).suffix.lower() in (".parquet", ".pq") for p in args.data)
     if args.stream or parquet or len(args.data) > 1:
         features = _split_names(args.features) if args.features else None
@@ -249,13 +299,22 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise InputError(
                 f"no feature columns left besides the targets {targets}; pass --features"
             )
-        data = (columns(table, features).float(), columns(table, targets).float())
+        data = (
+            _in_dtype(columns(table, features), torch.float32, args.data[0]),
+            _in_dtype(columns(table, targets), torch.float32, args.data[0]),
+        )
         rows = len(data[0])
+        n_val = round(args.validation_fraction * rows)
+        if args.validation_fraction > 0 and not 1 <= n_val < rows:
+            raise InputError(
+                f"{args.data[0]} has {rows} rows: too few to hold out a validation share of "
+                f"{args.validation_fraction}; add rows or pass --validation-fraction 0"
+            )
     say(f"features ({len(features)}): {', '.join(features)}; targets: {', '.join(targets)}")
     device = resolve_device(args.device)
     if not isinstance(data[0], TableSource):
         data = tuple(t.to(device) for t in data)
-    hidden = tuple(int(h) for h in _split_names(args.hidden)) if args.hidden else (128, 128)
+    hidden = _widths(args.hidden)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(args.seed)
         model = MDN(
@@ -274,13 +333,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         max_steps=args.steps,
         patience=None if args.patience == 0 else args.patience,
         batch_size=args.batch_size,
+        validation_fraction=args.validation_fraction,
         random_state=args.seed,
         progress=not args.quiet,
     )
     if launched_rank() != 0:  # under torchrun, rank 0 alone writes and reports
         return 0
     trained_on = ",".join(str(p) for p in args.data)
-    save(model, args.output, metadata={"trained_on": trained_on, "rows": rows})
+    _save_or_rescue(model, args.output, {"trained_on": trained_on, "rows": rows})
     val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
     stop = " (stopped early)" if history.stopped_early else ""
     print(
@@ -294,16 +354,25 @@ def _load_with_data(args: argparse.Namespace):
     """The model, the table and its feature columns, matched by the names the model records."""
     from .io import load
 
+    output = getattr(args, "output", None)
+    if output is not None:  # found before any work, and never an input
+        check_output(output, inputs=[args.model, args.data])
     model = load(args.model, device=args.device)
     table = read_csv(args.data)
     features = model.feature_names
-    if features is None:  # a model saved without column names: the first columns, in order
-        if len(table.header) < model.in_features:
-            raise ModelFileError(
-                f"the model {args.model} records no feature names and needs "
-                f"{model.in_features} feature columns; {args.data} has {len(table.header)}"
+    if args.features:
+        features = _split_names(args.features)
+        if len(features) != model.in_features:
+            raise InputError(
+                f"--features names {len(features)} column(s) but the model {args.model} takes "
+                f"{model.in_features}: {features}"
             )
-        features = table.header[: model.in_features]
+    elif features is None:
+        raise ModelFileError(
+            f"the model {args.model} was saved without feature names, so its columns cannot "
+            f"be matched by name; pass --features with its {model.in_features} feature "
+            "column(s) in training order"
+        )
     missing = [c for c in features if c not in table.header]
     if missing:
         raise ModelFileError(
@@ -311,8 +380,29 @@ def _load_with_data(args: argparse.Namespace):
             f"{args.data} lacks {missing} (its columns: {table.header}). Rename the columns "
             "to match, or train a model on these columns"
         )
-    x = columns(table, features).to(model.x_loc)
+    x = _in_dtype(columns(table, features), model.x_loc.dtype, args.data).to(model.x_loc.device)
     return model, table, x
+
+
+def _in_dtype(values: torch.Tensor, dtype: torch.dtype, where: object) -> torch.Tensor:
+    """``values`` converted to the model's dtype, refusing those it cannot hold."""
+    out = values.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise InputError(
+            f"{where}: values up to {values.abs().max().item():.3g} overflow the model's "
+            f"{dtype}; change units, or train with dtype=float64"
+        )
+    return out
+
+
+def _finite_output(out: torch.Tensor, what: str, dtype: torch.dtype) -> torch.Tensor:
+    """Refuse outputs that overflowed the model's dtype rather than write inf or nan."""
+    if not bool(torch.isfinite(out).all()):
+        raise InputError(
+            f"the {what} overflow the model's {dtype} (inf or nan); the data lie beyond its "
+            "range: change units, or train with dtype=float64"
+        )
+    return out
 
 
 def _target_names(model) -> list[str]:
@@ -339,6 +429,7 @@ def _predictions(
     hdrs = _levels(args.hdr, "--hdr") if args.hdr else []
     with torch.no_grad():
         dist = model(x)
+        _finite_output(torch.cat([dist.mean, dist.stddev], -1), "predictions", x.dtype)
         marg = [dist.marginal([k]) for k in range(len(names))]
         cols: list[tuple[str, list]] = []
         kinds: dict[str, str] = {}  # columns that are not plain numbers
@@ -388,13 +479,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        f = sys.stdout if args.output is None else open(args.output, "w")  # noqa: SIM115
-        try:
+        def write(f) -> None:
             for r in rows:
                 f.write(json.dumps(dict(zip(header, r, strict=True))) + "\n")
-        finally:
-            if args.output is not None:
-                f.close()
+
+        if args.output is None:
+            write(sys.stdout)
+        else:
+            atomic_write(args.output, write, text=True)
         return 0
     cells = [[_cell(v, kinds.get(c)) for c, v in zip(header, r, strict=True)] for r in rows]
     write_csv(args.output, header, torch.empty(len(cells), 0), cells)
@@ -408,7 +500,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     gen = torch.Generator(device=x.device).manual_seed(args.seed)
     with torch.no_grad():
         draws = model(x).sample((args.n,), generator=gen)  # [n, rows, d]
-    rows = draws.transpose(0, 1).reshape(-1, draws.shape[-1])
+    rows = _finite_output(draws.transpose(0, 1).reshape(-1, draws.shape[-1]), "samples", x.dtype)
     lead = [[str(i), str(k)] for i in range(len(x)) for k in range(args.n)]
     write_csv(args.output, ["row", "draw"] + _target_names(model), rows, lead)
     return 0
@@ -443,7 +535,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, table, x = _load_with_data(args)
     targets = _target_columns(args, model)
     levels = _levels(args.level, "--level")
-    y = columns(table, targets).to(x)
+    y = _in_dtype(columns(table, targets), x.dtype, args.data).to(x.device)
     from . import metrics
 
     with torch.no_grad():
@@ -455,12 +547,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             gen = torch.Generator(device=y.device).manual_seed(0)
             score = f"mean energy score {metrics.energy_score(dist, y, generator=gen).item():.4f}"
         coverage = [metrics.interval_coverage(dist, y, level=lv).item() for lv in levels]
+    _finite_output(torch.tensor([nll]).nan_to_num(posinf=0.0), "scores", x.dtype)  # NaN only
     print(f"mean NLL {nll:.4f} nats over {len(x)} rows")
     print(f"{score} (in target units; lower is better)")
     for level, c in zip(levels, coverage, strict=True):
         print(f"{_pct(level)}% interval coverage {c:.3f} (ideal {level:.3f})")
     if args.plots:
         from .plot import evaluation_plots
+
+        if Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise InputError(f"--plots {args.plots} is a file; name a folder")
 
         for path in evaluation_plots(args.plots, model, x, y, dist):
             print(f"wrote {path}")
@@ -566,11 +662,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--seed", type=int, default=0, help="random seed of the split, batches and weights"
     )
+    f.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of rows held out to pick the best epoch and stop early "
+                        "(0: none, every epoch runs)")  # fmt: skip
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_option(f)
-    f.add_argument(
-        "-o", "--output", required=True, help="model file to write (.safetensors; required)"
-    )
+    f.add_argument("-o", "--output", required=True,
+                   help="model file to write (.safetensors; required); checked before training, "
+                        "never an input, a folder or a device; a symlink is written through")  # fmt: skip
     f.set_defaults(run=_cmd_fit)
 
     for name, fn, helptext in (
@@ -596,6 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true",
                            help="write JSON Lines (one object per row; HDRs as [[low, high], ...], "
                                 "modes as [[y...], ...]) instead of CSV")  # fmt: skip
+        c.add_argument("--features", help="feature columns, comma-separated, in training "
+                       "order (default: the names saved in the model)")  # fmt: skip
         if name == "sample":
             c.add_argument("-n", type=int, default=10, help="draws per row")
             c.add_argument("--seed", type=int, default=0, help="random seed of the draws")
@@ -608,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--plots", help="folder to write diagnostic plots (PNG) into (default: no plots)"
             )
         else:
-            c.add_argument("-o", "--output", help="file to write (default: stdout)")
+            c.add_argument("-o", "--output", help="CSV to write (default: stdout); never an "
+                       "input, a folder or a device; a symlink is written through")  # fmt: skip
         c.set_defaults(run=fn)
 
     k = sub.add_parser(

@@ -70,7 +70,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         n_components: number of Gaussian components.
         covariance_type: ``"diag"``, ``"spherical"`` or ``"full"`` (scikit-learn's names;
             only matters for 2-d targets).
-        hidden_layer_sizes: widths of the hidden layers of the MLP.
+        hidden_layer_sizes: widths of the hidden layers of the MLP (one integer: one layer).
         activation: ``"silu"``, ``"relu"``, ``"tanh"`` or ``"gelu"``.
         min_scale: floor on component standard deviations, in standardised units of y.
         target_resolution: ``"auto"`` (detect targets recorded on a grid and floor their
@@ -216,8 +216,15 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         return resolve_device(self.device)
 
     def _tensor(self, a: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+        """``a`` in the model's dtype, refusing values that overflow it (1e39 in float32)."""
         device = self._device() if device is None else device
-        return torch.tensor(np.asarray(a), dtype=_DTYPES[self.dtype], device=device)
+        t = torch.tensor(np.asarray(a), dtype=_DTYPES[self.dtype], device=device)
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(
+                f"some values (largest magnitude {float(np.abs(a).max()):.3g}) overflow "
+                f"{self.dtype}; use MDNRegressor(dtype='float64') or change units"
+            )
+        return t
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled with the model on the CPU, so it unpickles on machines without a GPU."""
@@ -264,6 +271,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             )  # fmt: skip
         except ValueError as err:
             raise InputError(f"{err} {_REMEDY}") from err
+        if y.dtype.kind not in "biuf":
+            raise InputError(
+                f"y must hold numbers; got values of dtype {y.dtype} (e.g. {y.flat[0]!r}). "
+                "MDNRegressor models numeric targets: convert y to numbers first"
+            )
         self._y_1d = y.ndim == 1
         y2 = y.reshape(len(y), -1)
         self.n_outputs_ = y2.shape[1]
@@ -286,7 +298,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 X.shape[1],
                 self.n_outputs_,
                 n_components=self.n_components,
-                hidden=tuple(self.hidden_layer_sizes),
+                hidden=self.hidden_layer_sizes,  # (one integer: one layer)
                 covariance_type=_COVARIANCES[self.covariance_type],
                 activation=self.activation,
                 min_scale=self.min_scale,

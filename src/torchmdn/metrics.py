@@ -106,10 +106,11 @@ def crps(dist: GaussianMixture, y: Tensor, reduction: str = "mean") -> Tensor:
     require_1d(dist, "crps", "Use energy_score for a d-dimensional target.")
     w = dist.probs  # [*B, n]
     mu = dist.loc.squeeze(-1)  # [*B, n]
-    var = component_std(dist).squeeze(-1).square()
-    first = (w * _a(y - mu, var.sqrt())).sum(-1)
+    std = component_std(dist).squeeze(-1)
+    first = (w * _a(y - mu, std)).sum(-1)
     pair_m = mu.unsqueeze(-1) - mu.unsqueeze(-2)  # [*B, n, n]
-    pair_s = (var.unsqueeze(-1) + var.unsqueeze(-2)).sqrt()
+    # sqrt(σ_i² + σ_j²) without squaring (σ ~ 1e20 would overflow float32)
+    pair_s = torch.hypot(std.unsqueeze(-1), std.unsqueeze(-2))
     second = (w.unsqueeze(-1) * w.unsqueeze(-2) * _a(pair_m, pair_s)).sum((-1, -2))
     return _reduce(first - 0.5 * second, reduction)
 

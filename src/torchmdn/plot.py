@@ -5,6 +5,7 @@ Each function takes ``ax=None`` (a new figure when omitted) and returns the Axes
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ._checks import require_extra
+from ._files import atomic_write
 from .distributions.mixture import GaussianMixture
 from .errors import InputError
 
@@ -396,7 +398,9 @@ def evaluation_plots(
     def save(ax: Any, name: str) -> None:
         path = out / name
         ax.figure.tight_layout()
-        ax.figure.savefig(path, dpi=110)
+        buffer = io.BytesIO()  # written whole or not at all
+        ax.figure.savefig(buffer, dpi=110, format="png")
+        atomic_write(path, buffer.getvalue())
         plt.close(ax.figure)
         written.append(path)
 

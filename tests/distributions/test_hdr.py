@@ -105,3 +105,29 @@ def test_hdr_near_tangent_threshold():
     lo = torch.tensor([iv[0] for iv in ints], dtype=F64).unsqueeze(-1)
     hi = torch.tensor([iv[1] for iv in ints], dtype=F64).unsqueeze(-1)
     assert (gm.cdf(hi) - gm.cdf(lo)).sum().item() == pytest.approx(level, abs=1e-6)
+
+
+def test_hdr_in_chunks_equals_one_pass_and_refuses_huge_mixtures(monkeypatch):
+    import torchmdn.distributions.hdr as H
+    from torchmdn.errors import InputError
+
+    g = torch.Generator().manual_seed(3)
+    gm = GaussianMixture(
+        torch.randn(7, 3, generator=g, dtype=torch.float64),
+        3 * torch.randn(7, 3, 1, generator=g, dtype=torch.float64),
+        torch.rand(7, 3, 1, generator=g, dtype=torch.float64) + 0.2,
+    )
+    whole = gm.hdr(0.8)
+    monkeypatch.setattr(H, "_CHUNK", 1)  # one row at a time
+    assert gm.hdr(0.8) == whole
+    big = GaussianMixture(torch.zeros(100_000), torch.zeros(100_000, 1), torch.ones(100_000, 1))
+    with pytest.raises(InputError, match="GiB per row"):
+        big.hdr(0.9)
+
+
+def test_hdr_near_one_in_float32_and_of_zero_rows():
+    gm = GaussianMixture(torch.zeros(1), torch.zeros(1, 1), torch.ones(1, 1))  # float32
+    ((low, high),) = gm.hdr(0.99999999)
+    assert low < -5.5 and high > 5.5  # ±5.73 standard deviations
+    empty = GaussianMixture(torch.zeros(0, 2), torch.zeros(0, 2, 1), torch.ones(0, 2, 1))
+    assert empty.hdr(0.9) == []

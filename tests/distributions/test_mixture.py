@@ -393,3 +393,28 @@ def test_log_prob_under_bf16_autocast_is_float32_on_every_device(device, kind):
     torch.testing.assert_close(got, want)  # the same numbers as without autocast
     with torch.autocast(device.type, dtype=torch.bfloat16):
         assert _to(make(kind, (6,), 3, 2), device).log_prob(y.double()).dtype == F64
+
+
+def test_tiny_temperature_picks_the_most_probable_component():
+    gm = GaussianMixture(torch.tensor([0.0, 1.0]), torch.tensor([[-5.0], [5.0]]), torch.ones(2, 1))
+    draws = gm.sample((200,), temperature=1e-40, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(draws).all() and (draws > 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quantiles_of_half_precision_mixtures(dtype):
+    gm = GaussianMixture(torch.zeros(2, dtype=dtype), torch.tensor([[-1.0], [1.0]], dtype=dtype),
+                         torch.ones(2, 1, dtype=dtype))  # fmt: skip
+    ref = GaussianMixture(torch.zeros(2), torch.tensor([[-1.0], [1.0]]), torch.ones(2, 1))
+    got = gm.icdf(0.9)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), ref.icdf(0.9), atol=2e-2, rtol=1e-2)
+    low, high = gm.interval(0.9)
+    assert low.dtype == dtype and float(low) < 0 < float(high)
+
+
+def test_a_mixture_of_zero_rows():
+    gm = GaussianMixture(torch.zeros(0, 2), torch.zeros(0, 2, 1), torch.ones(0, 2, 1),
+                         validate_args=True)  # fmt: skip
+    assert gm.batch_shape == (0,) and gm.sample((3,)).shape == (3, 0, 1)
+    assert gm.log_prob(torch.zeros(0, 1)).shape == (0,) and gm.icdf(0.5).shape == (0, 1)

@@ -93,3 +93,33 @@ def test_negligible_modes_are_left_out_by_default():
     assert 9.0 in everything.loc[everything.valid][:, 0].round(decimals=3).tolist()
     with pytest.raises(Exception, match="min_relative_density"):
         gm.modes(min_relative_density=1.5)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "isotropic", "full"])
+def test_modes_in_chunks_equal_one_pass(kind, monkeypatch):
+    import torchmdn.distributions.modes as M
+
+    g = torch.Generator().manual_seed(0)
+    rows, n, d = 11, 4, 2
+    logits, loc = torch.randn(rows, n, generator=g), torch.randn(rows, n, d, generator=g)
+    logits, loc = logits.double(), loc.double()
+    if kind == "full":
+        a = torch.randn(rows, n, d, d, generator=g, dtype=torch.float64)
+        gm = GaussianMixture(logits, loc, scale_tril=torch.linalg.cholesky(a @ a.mT + torch.eye(d)))
+    else:
+        shape = (rows, n, d) if kind == "diagonal" else (rows, n)
+        gm = GaussianMixture(logits, loc, scale=torch.rand(shape, generator=g).double() + 0.3)
+    whole = gm.modes()
+    monkeypatch.setattr(M, "_CHUNK", 1)
+    parts = gm.modes()
+    k = parts.loc.shape[-2]
+    assert torch.equal(whole.valid[..., :k], parts.valid) and not whole.valid[..., k:].any()
+    torch.testing.assert_close(parts.loc.nan_to_num(), whole.loc[..., :k, :].nan_to_num())
+
+
+def test_modes_refuse_a_mixture_too_large_for_one_row():
+    from torchmdn.errors import InputError
+
+    gm = GaussianMixture(torch.zeros(100_000), torch.zeros(100_000, 1), torch.ones(100_000, 1))
+    with pytest.raises(InputError, match="GiB per row"):
+        gm.mode()

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -359,3 +360,71 @@ def test_a_read_only_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypa
     monkeypatch.setattr(kernels.tempfile, "tempdir", str(tmp_path / "tmp"))
     path = kernels.build()
     assert path.exists() and path.is_relative_to(tmp_path / "tmp")
+
+
+PLANTED = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(getenv("MARKER"), "w");
+    if (f) { fputs("ran", f); fclose(f); }
+}
+"""
+
+
+def _plant(tmp_path, compiler: str, monkeypatch) -> tuple:
+    """A shared library whose constructor writes $MARKER, planted where the kernel for
+    ``compiler`` would be cached under ``tmp_path`` (with a sidecar that does not match)."""
+    monkeypatch.setenv("TORCHMDN_CACHE", str(tmp_path / "cache"))
+    path = kernels._library_path(compiler)
+    path.parent.mkdir(parents=True)
+    src = tmp_path / "planted.c"
+    src.write_text("#include <stdlib.h>\n" + PLANTED)
+    cc = os.environ.get("CC") or "cc"
+    subprocess.run([cc, "-shared", "-fPIC", str(src), "-o", str(path)], check=True)
+    path.with_name(path.name + ".sha256").write_text("0" * 64 + "\n")
+    return path, tmp_path / "marker"
+
+
+def test_a_planted_library_is_never_loaded(tmp_path, monkeypatch):
+    # the compiler cannot build (CXX=false): the old code loaded whatever sat at the path
+    path, marker = _plant(tmp_path, "false", monkeypatch)
+    assert not kernels.trusted(path)
+    run = _run(CHECK, CXX="false", TORCHMDN_CACHE=str(tmp_path / "cache"), MARKER=str(marker))
+    assert run.returncode == 0, run.stderr
+    assert not marker.exists(), "the planted library's code ran"
+    assert "build failed" in run.stdout.splitlines()[1]
+
+
+def test_a_planted_library_is_compiled_over(tmp_path, monkeypatch):
+    path, marker = _plant(tmp_path, kernels._compiler(), monkeypatch)
+
+    def compile_(cmd, **kw):  # stands in for the compiler (a real build takes a minute here)
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(b"what the compiler built")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(kernels.subprocess, "run", compile_)
+    assert kernels.build() == path
+    assert path.read_bytes() == b"what the compiler built" and kernels.trusted(path)
+    assert not marker.exists()
+    path.write_bytes(b"changed afterwards")  # a later change is caught before loading
+    assert not kernels.trusted(path)
+
+
+def test_the_cache_folder_is_private(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o777)
+    os.chmod(mine, 0o777)
+    kernels._private_folder(mine)
+    assert (mine.stat().st_mode & 0o777) == 0o700
+    fresh = kernels._private_folder(tmp_path / "new" / "kernels")
+    assert (fresh.stat().st_mode & 0o777) == 0o700
+    if hasattr(os, "getuid") and os.getuid() == 0:  # as root: a folder of another user
+        other = tmp_path / "other"
+        other.mkdir(mode=0o700)
+        os.chown(other, 65534, -1)
+        with pytest.raises(OSError, match="belongs to user 65534"):
+            kernels._private_folder(other)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    with pytest.raises(OSError, match="not a plain folder"):
+        kernels._private_folder(link)

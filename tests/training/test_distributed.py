@@ -238,3 +238,19 @@ def test_torchrun_on_one_gpu_trains_with_nccl(tmp_path):
         m = MDN(2, 1, n_components=3, hidden=(16,)).cuda()
     h = fit(m, x.cuda(), y.cuda(), max_epochs=3, batch_size=64, progress=False, random_state=3)
     assert np.allclose(seen["train"], h.train_nll, rtol=1e-5, atol=1e-6)
+
+
+def test_stale_torchrun_variables_are_ignored_with_a_warning(monkeypatch):
+    from torchmdn.training.distributed import torchrun_environment
+
+    for var in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.warns(RuntimeWarning, match="not started by torchrun"):
+        assert not torchrun_environment()
+    with pytest.warns(RuntimeWarning, match="not started by torchrun"), \
+            process_group(None, torch.device("cpu")) as group:  # fmt: skip
+        assert group.world == 1  # (the old code waited here for a rank 1 forever)

@@ -617,3 +617,49 @@ def test_compiled_fit_matches_the_eager_one():
         torch._dynamo.reset()
     assert np.allclose(compiled.train_nll, eager.train_nll, rtol=1e-4, atol=1e-4)
     assert graphs <= 2, dict(counters["stats"])  # the training graph (+ its first shape)
+
+
+def _tiny_problem(rows: int = 64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(rows, 1, generator=g)
+    return x, x + 0.1 * torch.randn(rows, 1, generator=g)
+
+
+def test_a_diverged_run_is_an_error_not_an_untrained_model():
+    x, y = _tiny_problem()
+    model = MDN(1, 1, n_components=2, hidden=(4,))
+    with pytest.raises(TrainingError, match="diverged|finite"):
+        fit(model, x, y, max_epochs=3, lr=1e30, progress=False, random_state=0)
+
+
+def test_numpy_integers_are_accepted_for_counts():
+    x, y = _tiny_problem()
+    model = MDN(np.int64(1), np.int32(1), n_components=np.int64(2), hidden=np.int64(4))
+    assert model.config()["hidden"] == [4] and type(model.config()["n_components"]) is int
+    history = fit(model, x, y, max_epochs=np.int64(2), batch_size=np.int64(16), progress=False,
+                  random_state=0)  # fmt: skip
+    assert history.epochs == 2
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.pop("epoch"),
+        lambda s: s.update(epoch="3"),
+        lambda s: s.update(history=[]),
+        lambda s: s.update(step=-1),
+    ],
+)
+def test_edited_checkpoint_fields_are_model_file_errors(tmp_path, edit):
+    from torchmdn.io import load_checkpoint, save_checkpoint
+
+    x, y = _tiny_problem()
+    path = tmp_path / "c.safetensors"
+    fit(MDN(1, 1, n_components=2, hidden=(4,)), x, y, max_epochs=2, checkpoint=path,
+        progress=False, random_state=0)  # fmt: skip
+    tensors, state = load_checkpoint(path)
+    edit(state)
+    save_checkpoint(path, tensors, state)  # a valid checksum over the edited state
+    with pytest.raises(ModelFileError, match="damaged"):
+        fit(MDN(1, 1, n_components=2, hidden=(4,)), x, y, max_epochs=2, resume=path,
+            progress=False)  # fmt: skip

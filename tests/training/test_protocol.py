@@ -56,7 +56,9 @@ def test_a_conditional_density_is_standardised_and_scored_by_its_own_log_prob():
     x, y = _data()
     model = _Gaussian()
     assert isinstance(model, ConditionalDensity) and not isinstance(model, TrainableMixture)
-    history = torchmdn.fit(model, x, y, max_epochs=60, batch_size=64, progress=False, random_state=0)
+    history = torchmdn.fit(
+        model, x, y, max_epochs=60, batch_size=64, progress=False, random_state=0
+    )
     assert model.standardize_calls == 1 and bool(model.standardized)
     assert history.effective_components == []  # no mixture to track
     # the score fit reports is the model's own log_prob, in y's units

@@ -44,6 +44,15 @@ def require_1d(gm: GaussianMixture, what: str, remedy: str | None = None) -> Non
         )
 
 
+def float32(gm: GaussianMixture) -> GaussianMixture:
+    """A float16/bfloat16 mixture as float32 (for queries whose maths needs the range)."""
+    spread = {"scale_tril": gm.scale_tril} if gm.covariance_type == "full" else {"scale": gm.scale}
+    return type(gm)(
+        gm.logits.float(), gm.loc.float(), **{k: v.float() for k, v in spread.items()},
+        validate_args=False,
+    )  # fmt: skip
+
+
 def component_std(gm: GaussianMixture) -> Tensor:
     """Marginal standard deviation of every component along every axis, ``(*B, n, d)``."""
     kind = gm.covariance_type

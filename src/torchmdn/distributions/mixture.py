@@ -195,7 +195,11 @@ class GaussianMixture(Distribution):
         validate = Distribution._validate_args if validate_args is None else validate_args
         if validate:
             self._check_parameters()
-        super().__init__(batch_shape, torch.Size((d,)), validate_args=validate_args)
+        # (torch's checks cannot reshape zero rows: none for an empty batch; ours above ran)
+        empty = batch_shape.numel() == 0
+        super().__init__(
+            batch_shape, torch.Size((d,)), validate_args=False if empty else validate_args
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -552,10 +556,11 @@ class GaussianMixture(Distribution):
             if temperature == 0:
                 idx = self.logits.argmax(-1).expand(lead)  # [*S, *B]
             else:
-                logits = self.logits if temperature == 1 else self.logits / temperature
-                # unnormalised CDF: exp(logits - max) is exact for -inf logits and avoids
-                # softmax, whose CPU kernel is slow over a short last dimension
-                weights = (logits - logits.amax(-1, keepdim=True)).exp_()
+                # unnormalised CDF: exp((logits - max) / t) is exact for -inf logits, avoids
+                # softmax (its CPU kernel is slow over a short last dimension), and for a tiny
+                # t underflows to 0 except at the most probable component (logits / t: inf - inf)
+                shifted = self.logits - self.logits.amax(-1, keepdim=True)
+                weights = (shifted if temperature == 1 else shifted / temperature).exp_()
                 cdf = weights.cumsum(-1)  # [*B, n]
                 u = torch.rand(lead + (1,), dtype=cdf.dtype, device=cdf.device, generator=generator)
                 # scale by the last entry so round-off can never push u past the total mass

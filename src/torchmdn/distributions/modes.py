@@ -9,6 +9,7 @@ import math
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from .mixture import GaussianMixture
 
 __all__ = ["Modes", "modes", "mode"]
+
+_CHUNK = 2**20  # numbers per chunk of rows in the iteration (a few MB; rows converge per chunk)
+_MAX_PER_ROW = 2**26  # one row alone beyond this is refused
 
 
 class Modes(NamedTuple):
@@ -54,48 +58,10 @@ def _precisions(gm: GaussianMixture) -> Tensor:
 MIN_RELATIVE_DENSITY = 0.05
 
 
-def modes(
-    gm: GaussianMixture,
-    max_iter: int = 2000,
-    tol: float | None = None,
-    min_relative_density: float = MIN_RELATIVE_DENSITY,
+def _modes(
+    gm: GaussianMixture, max_iter: int, tol: float | None, min_relative_density: float
 ) -> Modes:
-    r"""The local modes of each mixture that matter, with their log densities.
-
-    Starts the fixed-point (mean-shift) iteration of Carreira-Perpiñán (2000),
-
-    .. math::
-
-        x \leftarrow \Big(\sum_i r_i(x) Σ_i^{-1}\Big)^{-1} \sum_i r_i(x) Σ_i^{-1} μ_i,
-        \qquad r_i(x) = \frac{π_i N(x; μ_i, Σ_i)}{p(x)},
-
-    from every component mean (all batch elements and starts at once; the density never
-    decreases along the iteration), then merges the end points that lie within 1e-3 local
-    standard deviations of each other. This finds every mode in all cases we know of in
-    practice, but there is no proof that a mode can never be missed for heteroscedastic
-    mixtures. Convergence is linear; near a flat top (two components about to merge) it is slow,
-    hence the generous ``max_iter``.
-
-    Mathematically every component of negligible weight far from the others is a local mode
-    too; modes whose density is below ``min_relative_density`` times the highest mode's density
-    (default 5%) are left out. Pass ``min_relative_density=0`` to get them all.
-
-    Args:
-        gm: the mixture (diagonal, isotropic or full), batch shape ``B``, event ``(d,)``.
-        max_iter: iteration cap.
-        tol: stopping step size in local standard deviations (default ``1e-10`` in float64,
-            ``1e-4`` in lower precision).
-        min_relative_density: leave out modes whose density is below this share of the
-            highest mode's (in ``[0, 1)``; 0 keeps every mode).
-
-    Returns:
-        :class:`Modes` ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))`` sorted by density,
-        highest first; ``k`` is the largest number of modes in the batch.
-    """
-    if not 0.0 <= min_relative_density < 1.0:
-        raise InputError(
-            f"min_relative_density must be in [0, 1) (0 keeps every mode); got {min_relative_density!r}"
-        )
+    """:func:`modes` on one chunk of rows."""
     if tol is None:
         tol = 1e-10 if gm.loc.dtype == torch.float64 else 1e-4
     full = gm.covariance_type == "full"
@@ -171,6 +137,94 @@ def modes(
     loc_out = torch.where(valid.unsqueeze(-1), loc_out, torch.nan)
     lp = torch.where(valid, logp.gather(-1, order), -torch.inf)
     return Modes(loc_out, lp, valid)
+
+
+def modes(
+    gm: GaussianMixture,
+    max_iter: int = 2000,
+    tol: float | None = None,
+    min_relative_density: float = MIN_RELATIVE_DENSITY,
+) -> Modes:
+    r"""The local modes of each mixture that matter, with their log densities.
+
+    Starts the fixed-point (mean-shift) iteration of Carreira-Perpiñán (2000),
+
+    .. math::
+
+        x \leftarrow \Big(\sum_i r_i(x) Σ_i^{-1}\Big)^{-1} \sum_i r_i(x) Σ_i^{-1} μ_i,
+        \qquad r_i(x) = \frac{π_i N(x; μ_i, Σ_i)}{p(x)},
+
+    from every component mean (all batch elements and starts at once; the density never
+    decreases along the iteration), then merges the end points that lie within 1e-3 local
+    standard deviations of each other. This finds every mode in all cases we know of in
+    practice, but there is no proof that a mode can never be missed for heteroscedastic
+    mixtures. Convergence is linear; near a flat top (two components about to merge) it is slow,
+    hence the generous ``max_iter``.
+
+    Mathematically every component of negligible weight far from the others is a local mode
+    too; modes whose density is below ``min_relative_density`` times the highest mode's density
+    (default 5%) are left out. Pass ``min_relative_density=0`` to get them all.
+
+    Cost: rows are processed in chunks (bounded memory; a chunk stops iterating when its
+    own rows have converged, so time grows linearly with the rows): per row and iteration
+    about ``n² d`` numbers (``n² d²`` for full covariances) for ``n`` components in ``d``
+    dimensions. Mixtures whose single row would exceed 2^26 such numbers are refused.
+
+    Args:
+        gm: the mixture (diagonal, isotropic or full), batch shape ``B``, event ``(d,)``.
+        max_iter: iteration cap.
+        tol: stopping step size in local standard deviations (default ``1e-10`` in float64,
+            ``1e-4`` in lower precision).
+        min_relative_density: leave out modes whose density is below this share of the
+            highest mode's (in ``[0, 1)``; 0 keeps every mode).
+
+    Returns:
+        :class:`Modes` ``(loc (*B, k, d), log_prob (*B, k), valid (*B, k))`` sorted by density,
+        highest first; ``k`` is the largest number of modes in the batch.
+    """
+    if not 0.0 <= min_relative_density < 1.0:
+        raise InputError(
+            "min_relative_density must be in [0, 1) (0 keeps every mode); "
+            f"got {min_relative_density!r}"
+        )
+    n, d = gm.n_components, dim(gm)
+    per_row = n * n * d * (d if gm.covariance_type == "full" else 1)
+    if per_row > _MAX_PER_ROW:
+        raise InputError(
+            f"modes of a mixture of {n} components in {d} dimensions would hold about "
+            f"{8 * per_row / 2**30:.0f} GiB per row (it grows as n² d²); reduce the components"
+        )
+    batch = gm.batch_shape
+    rows = max(1, _CHUNK // per_row)
+    total = batch.numel()
+    if total <= rows:
+        return _modes(gm, max_iter, tol, min_relative_density)
+    logits, loc = gm.logits.reshape(-1, n), gm.loc.reshape(-1, n, d)
+    full = gm.covariance_type == "full"
+    spread = gm.scale_tril if full else gm.scale
+    spread = spread.reshape(total, *spread.shape[len(batch) :])
+    parts = []
+    for i in range(0, total, rows):
+        chunk = slice(i, i + rows)
+        part = type(gm)(
+            logits[chunk], loc[chunk], scale=None if full else spread[chunk],
+            scale_tril=spread[chunk] if full else None, validate_args=False,
+        )  # fmt: skip
+        parts.append(_modes(part, max_iter, tol, min_relative_density))
+    k = max(p.loc.shape[-2] for p in parts)
+    pad = k - torch.tensor([p.loc.shape[-2] for p in parts])
+    out_loc = torch.cat(
+        [F.pad(p.loc, (0, 0, 0, int(e)), value=torch.nan) for p, e in zip(parts, pad, strict=True)]
+    )
+    out_lp = torch.cat(
+        [F.pad(p.log_prob, (0, int(e)), value=-torch.inf) for p, e in zip(parts, pad, strict=True)]
+    )
+    out_valid = torch.cat(
+        [F.pad(p.valid, (0, int(e)), value=False) for p, e in zip(parts, pad, strict=True)]
+    )
+    return Modes(
+        out_loc.reshape(*batch, k, d), out_lp.reshape(*batch, k), out_valid.reshape(*batch, k)
+    )
 
 
 def mode(gm: GaussianMixture, **kwargs: object) -> Tensor:

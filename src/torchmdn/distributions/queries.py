@@ -34,6 +34,7 @@ from ._common import (
     check_level,
     component_std,
     dim,
+    float32,
     log_normal_1d,
     require_1d,
     seeded_generator,
@@ -137,6 +138,9 @@ def icdf(gm: GaussianMixture, q: Tensor | float, max_iter: int = 200) -> Tensor:
         ``cdf(icdf(q)) == q`` and ``log_prob(icdf(q))`` work directly.
     """
     require_1d(gm, "icdf")
+    if gm.loc.dtype in (torch.float16, torch.bfloat16):  # computed in float32, returned as asked
+        q = q if isinstance(q, (int, float)) else torch.as_tensor(q).float()
+        return icdf(float32(gm), q, max_iter).to(gm.loc.dtype)
     q = as_value(gm, q, "q").to(gm.loc.dtype)
     if torch.isnan(q).any() or (q < 0).any() or (q > 1).any():
         raise InputError(

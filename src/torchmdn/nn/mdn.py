@@ -9,6 +9,7 @@ over y in the user's units; the buffers are set from data by :meth:`MDN.standard
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,15 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def _widths(hidden: Any) -> tuple[int, ...]:
+    """Hidden layer widths: a sequence of positive integers, or one integer for one layer."""
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+        return (integer("hidden width", hidden),)
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise InputError(f"hidden must be a sequence of positive integer widths; got {hidden!r}")
+    return tuple(integer("hidden width", h) for h in hidden)
+
+
 def _softplus_inverse(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
 
@@ -59,12 +69,9 @@ class MLP(nn.Sequential):
         if activation not in ACTIVATIONS:
             raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
         layers: list[nn.Module] = []
-        width = integer("in_features", in_features)
-        for h in hidden:
-            layers += [
-                nn.Linear(width, integer("hidden width", h)),
-                ACTIVATIONS[activation](),
-            ]
+        width = in_features = integer("in_features", in_features)
+        for h in _widths(hidden):
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
             width = h
         super().__init__(*layers)
         self.in_features = in_features
@@ -198,7 +205,8 @@ class MDNHead(nn.Module):
     ) -> None:
         """Start at the unconditional mixture fit of targets ``z (N, d)`` (in the head's units).
 
-        k-means (k-means++ seeding, ``iters`` Lloyd steps) places one component on each
+        k-means (k-means++ seeding, ``iters`` Lloyd steps; cost O(N n d) each, for ``N`` rows
+        of ``z``) places one component on each
         cluster with that cluster's standard deviations; weights start near uniform (half
         uniform, half the cluster shares) and the weight rows stay small, so training starts
         from the unconditional fit, a known cure for components that never get used.
@@ -209,20 +217,23 @@ class MDNHead(nn.Module):
         if len(z) < n:
             z = z.repeat(math.ceil(n / len(z)), 1)
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        # the seeding draws on the generator's device; the clustering runs on the head's
+        # k-means++ seeding on the generator's device: each row's distance to its nearest
+        # centre is kept up to date (one new centre at a time), so seeding costs O(N n d)
         seed_z = z.to(gen.device)
-        centers = seed_z[torch.randint(len(z), (1,), generator=gen, device=gen.device)]
-        for _ in range(1, n):  # k-means++ seeding
-            dist2 = torch.cdist(seed_z, centers).square().min(1).values
-            probs = dist2 / dist2.sum() if dist2.sum() > 0 else torch.full_like(dist2, 1 / len(z))
-            centers = torch.cat([centers, seed_z[torch.multinomial(probs, 1, generator=gen)]])
-        z, centers = z.to(bias.device), centers.to(bias.device)
-        for _ in range(iters):
+        centers = torch.empty(n, d, dtype=z.dtype, device=gen.device)
+        centers[0] = seed_z[torch.randint(len(z), (1,), generator=gen, device=gen.device)][0]
+        dist2 = (seed_z - centers[0]).square().sum(1)
+        for k in range(1, n):
+            total = dist2.sum()
+            probs = dist2 / total if total > 0 else torch.full_like(dist2, 1 / len(z))
+            centers[k] = seed_z[torch.multinomial(probs, 1, generator=gen)][0]
+            dist2 = torch.minimum(dist2, (seed_z - centers[k]).square().sum(1))
+        z, centers = z.to(bias.device), centers.to(bias.device)  # the clustering: the head's
+        for _ in range(iters):  # Lloyd steps: O(N n d) each, the centres by one index_add
             assign = torch.cdist(z, centers).argmin(1)
-            for k in range(n):
-                members = z[assign == k]
-                if len(members):
-                    centers[k] = members.mean(0)
+            sums = torch.zeros_like(centers).index_add_(0, assign, z)
+            counts = torch.bincount(assign, minlength=n).to(z.dtype)
+            centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
         assign = torch.cdist(z, centers).argmin(1)
         fallback = z.std(0).clamp_min(1e-3) / n ** (1 / d)
         self.linear.bias.zero_()
@@ -322,8 +333,10 @@ class MDN(nn.Module):
         target_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        in_features = integer("in_features", in_features)
+        out_features = integer("out_features", out_features)
         self.target_resolution = self._check_resolution(target_resolution, out_features)
-        self.backbone = MLP(in_features, tuple(hidden), activation)
+        self.backbone = MLP(in_features, _widths(hidden), activation)
         self.head = MDNHead(
             self.backbone.out_features, out_features, n_components, covariance_type, min_scale
         )
@@ -363,6 +376,10 @@ class MDN(nn.Module):
         """Set the normalisers from data: per-column mean and standard deviation (see
         :meth:`set_normalizers` for the rules)."""
         x, y = self._check_x(x), self._check_y(y)
+        x, y = (
+            x.double(),
+            y.double(),
+        )  # (float32 squares overflow for |y| ~ 1e20, underflow at 1e-25)
         one = len(y) < 2  # one row: std is undefined; set_normalizers reports it
         return self.set_normalizers(
             x.mean(0), torch.ones_like(x[0]) if one else x.std(0),

@@ -237,7 +237,7 @@ class MDNRNN(nn.Module):
         self.num_layers = integer("num_layers", num_layers, 1)
         self.cell, self.pen_states, self.dropout = cell, int(pen_states), float(dropout)
         self.rnn = CELLS[cell](
-            in_features, hidden_size, num_layers, batch_first=True, dropout=dropout
+            self.in_features, self.hidden_size, self.num_layers, batch_first=True, dropout=dropout
         )
         self.head = MDNHead(hidden_size, out_features, n_components, covariance_type, min_scale)
         self.pen = PenStateHead(hidden_size, pen_states) if pen_states else None

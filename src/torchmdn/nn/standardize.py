@@ -46,7 +46,15 @@ def write_normalizers(
     follows. A constant input column gets scale 1 (it carries no information); a constant or
     non-finite target column is an :class:`InputError` (``context`` says where it was seen),
     since a density over a constant is not defined."""
-    y_std = torch.as_tensor(y_scale).to(module.y_scale)
+    wide = torch.as_tensor(y_scale).double()
+    y_std = wide.to(module.y_scale)
+    overflow = torch.isfinite(wide) & (wide > 0) & ~(torch.isfinite(y_std) & (y_std > 0))
+    if overflow.any():
+        raise InputError(
+            f"target column(s) {torch.nonzero(overflow).flatten().tolist()} have a spread "
+            f"({wide[overflow].tolist()[:3]}) beyond the range of {module.y_scale.dtype}; "
+            "use dtype=float64 (model.double(), MDNRegressor(dtype='float64')) or change units"
+        )
     bad = ~(torch.isfinite(y_std) & (y_std > 0))
     if bad.any():
         raise InputError(

@@ -11,6 +11,9 @@ does the same maths in one pass over the rows (vectorised ``exp``/``log`` from A
 and backward. It is compiled on first use with the system's C++ compiler against the
 installed torch (a few seconds, once per torch version and CPU), cached under
 ``$TORCHMDN_CACHE`` (default ``~/.cache/torchmdn``), and loaded as ``torch.ops.torchmdn``.
+Loading a library runs its code, so the cache is a private folder (``0700``, this user's,
+else refused) and a library is loaded only when its sha256 equals the one recorded when
+this library built it; anything else there is compiled again, never loaded.
 
 Nothing is required: without a compiler, on other devices or layouts, under
 ``torch.compile``, or with ``TORCHMDN_KERNEL=0`` in the environment, :mod:`torchmdn.ops.fused`
@@ -27,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import subprocess
 import sysconfig
 import tempfile
@@ -37,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._files import atomic_write
 from . import reference
 from .layout import (
     CHOLESKY,
@@ -48,7 +53,7 @@ from .layout import (
     unpack_precision,
 )
 
-__all__ = ["available", "build", "head_log_prob", "log_prob", "status"]
+__all__ = ["available", "build", "head_log_prob", "log_prob", "status", "trusted"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "mixture.cpp"
 _log = logging.getLogger("torchmdn")
@@ -107,29 +112,87 @@ def _library_path(compiler: str) -> Path:
     return _cache_dir() / f"mixture-{key.hexdigest()[:16]}.so"
 
 
-def build(force: bool = False) -> Path:
-    """Compile the kernel (unless cached) and return the shared library's path.
+def _private_folder(folder: Path) -> Path:
+    """``folder``, created ``0700`` if missing, checked to be this user's own and private.
 
-    Raises ``RuntimeError`` with the compiler's message when there is no compiler or the
-    build fails. Safe to run from several processes at once (each writes its own temporary
-    file and renames it into place).
+    A folder of ours that others may write is made private (``chmod 0700``): what was
+    planted there meanwhile is caught by the hash check. Another user's folder, a symlink,
+    or anything else is refused (``OSError``): whoever can write the folder could plant a
+    library that loading would run.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"kernel cache {folder} is not a plain folder (a symlink?); refused")
+    if hasattr(os, "getuid"):  # (POSIX: ownership and mode; Windows has neither)
+        if st.st_uid != os.getuid():
+            raise OSError(
+                f"kernel cache {folder} belongs to user {st.st_uid}, not to this user "
+                f"({os.getuid()}); refused. Set TORCHMDN_CACHE to a folder of your own"
+            )
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(folder, 0o700)
+    return folder
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def trusted(path: Path) -> bool:
+    """Whether ``path`` is a library this torchmdn built: a regular file of this user's (not
+    a symlink) in a private folder, whose sha256 equals the one recorded beside it when it
+    was built. Only such a file is ever loaded."""
+    try:
+        _private_folder(path.parent)
+        for p in (path, _sidecar(path)):
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():
+                return False
+        return _sidecar(path).read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernel (unless a trusted build is cached) and return the library's path.
+
+    The cache folder is private (created ``0700``, owned by this user, else refused), and
+    the library's sha256 is recorded beside it; a cached file is used only when it matches
+    (:func:`trusted`), otherwise it is compiled again. Raises ``RuntimeError`` with the
+    compiler's message when there is no compiler or the build fails, ``OSError`` when no
+    private folder can be had. Safe to run from several processes at once (each writes its
+    own temporary file and renames it into place).
     """
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (looked for $CXX, c++ and g++)")
     path = _library_path(compiler)
-    if path.exists() and not force:
-        return path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    except OSError:  # a read-only home: this machine's temporary folder instead
+        _private_folder(path.parent)
+    except OSError as first:  # a read-only home: this machine's temporary folder instead
         user = os.getuid() if hasattr(os, "getuid") else "user"  # (no uid on Windows)
         path = Path(tempfile.gettempdir()) / f"torchmdn-{user}" / "kernels" / path.name
-        if path.exists() and not force:
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        try:
+            _private_folder(path.parent.parent)
+            _private_folder(path.parent)
+        except OSError as err:
+            raise OSError(f"{first}; and {err}") from None
+    if not force and trusted(path):
+        return path
+    if path.exists() and not force:
+        _log.warning("torchmdn: %s does not match its recorded hash; compiling it again", path)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
         _log.info(
@@ -148,10 +211,14 @@ def build(force: bool = False) -> Path:
         if run.returncode != 0:
             tail = "\n".join(run.stderr.strip().splitlines()[-15:])
             raise RuntimeError(f"{compiler} failed (exit {run.returncode}):\n{tail}")
+        digest = _digest(Path(tmp))
         os.replace(tmp, path)
+        atomic_write(_sidecar(path), digest + "\n", text=True)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    if not trusted(path):  # another process replaced it between our rename and our check
+        raise RuntimeError(f"{path} changed while it was being built; build again")
     return path
 
 
@@ -181,6 +248,8 @@ def _load() -> bool:
         return True
     try:
         path = build()
+        if not trusted(path):  # checked again right before loading
+            raise RuntimeError(f"{path} does not match its recorded hash; not loaded")
         torch.ops.load_library(str(path))
     except (RuntimeError, OSError) as err:
         _state["reason"] = f"build failed: {str(err).splitlines()[0]}"

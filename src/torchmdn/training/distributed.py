@@ -14,8 +14,10 @@ so the replicas never drift apart and no rank waits on a collective the others s
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -27,9 +29,34 @@ from ..errors import InputError
 __all__ = ["Group", "launched_rank", "process_group", "torchrun_environment"]
 
 
+_LAUNCHER_MARKS = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")  # set by torchrun for each process
+_INIT_TIMEOUT_S = 300  # how long starting a process group may wait for the other ranks
+
+
 def torchrun_environment() -> bool:
-    """Whether this process was started by ``torchrun`` with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    """Whether this process was started by ``torchrun`` with more than one process.
+
+    ``WORLD_SIZE``/``RANK`` alone, without what ``torchrun`` sets for each process it starts
+    (``TORCHELASTIC_RUN_ID`` or ``LOCAL_RANK``), are taken as stale variables left in the
+    environment: ignored with a warning, so that one process does not wait forever for the
+    others of a group that does not exist.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    if world <= 1 or "RANK" not in os.environ:
+        return False
+    if not any(mark in os.environ for mark in _LAUNCHER_MARKS):
+        warnings.warn(
+            f"WORLD_SIZE={world} and RANK are set but this process was not started by "
+            "torchrun (no TORCHELASTIC_RUN_ID or LOCAL_RANK): training in this process "
+            "alone. Unset them, or launch with torchrun --nproc_per_node=N",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def launched_rank() -> int:
@@ -131,6 +158,7 @@ def process_group(distributed: bool | None, device: torch.device) -> Iterator[Gr
             )
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        kwargs["timeout"] = timedelta(seconds=_INIT_TIMEOUT_S)  # never wait forever
         dist.init_process_group(backend, init_method="env://", **kwargs)
     try:
         nccl = dist.get_backend() == "nccl"

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, ModelFileError, TorchMDNError
 from .distributed import Group, local_slice, process_group
 from .length import plan as plan_epochs
 from .loop import PRECISIONS, History, Run, Settings
@@ -190,6 +190,9 @@ def fit(
         TrainingError: the loss stayed non-finite after repeated roll-backs; the message
             names the parameter blocks and training rows involved.
     """
+    max_epochs, batch_size, checkpoint_every, patience = (
+        _plain_int(v) for v in (max_epochs, batch_size, checkpoint_every, patience)
+    )
     settings = Settings(
         max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         validation_fraction=validation_fraction, warmup_fraction=warmup_fraction,
@@ -213,6 +216,7 @@ def fit(
         from ..io import load_checkpoint
 
         ckpt_tensors, ckpt = load_checkpoint(resume)
+        _check_state(resume, ckpt)
         random_state = ckpt["seed"]
     seed = torch.Generator().seed() if random_state is None else int(random_state)
     gen = _generator(device, seed)
@@ -234,7 +238,14 @@ def fit(
         run = Run(model, params, data, validation, group, gen, seed, settings, fingerprint)
         run.compile = compile
         if resume is not None:
-            run.restore(resume, ckpt_tensors, ckpt)
+            try:
+                run.restore(resume, ckpt_tensors, ckpt)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+                if isinstance(err, TorchMDNError):
+                    raise
+                raise ModelFileError(
+                    f"{resume}: the checkpoint's state is damaged ({err!r})"
+                ) from None
         run.begin(progress)  # wraps the loss in DDP when data parallel
         try:
             run.train(patience, callback, checkpoint, checkpoint_every)
@@ -247,6 +258,13 @@ def fit(
 
 
 # ---------------------------------------------------------------------- the pieces of fit
+
+
+def _plain_int(value: Any) -> Any:
+    """A NumPy integer as a Python ``int`` (what JSON and the checks take); else unchanged."""
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _check_arguments(s: Settings, checkpoint_every: int) -> None:
@@ -347,6 +365,26 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(seed)
     except RuntimeError:
         return torch.Generator().manual_seed(seed)
+
+
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "seed": (int,), "epoch": (int,), "step": (int,), "since_best": (int,),
+    "lr_mult": (int, float), "history": (dict,), "opt_groups": (list,),
+    "settings": (dict,), "fingerprint": (str,),
+}  # fmt: skip
+
+
+def _check_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint state with missing fields or fields of the wrong type."""
+    for key, types in _STATE_TYPES.items():
+        value = state.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ModelFileError(
+                f"{path}: the checkpoint's state field {key!r} is {str(value)[:40]!r}; "
+                "the file is damaged"
+            )
+    if min(state["epoch"], state["step"], state["since_best"]) < 0:
+        raise ModelFileError(f"{path}: the checkpoint's counters are negative; the file is damaged")
 
 
 def _check_checkpoint(

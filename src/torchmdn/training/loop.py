@@ -16,6 +16,7 @@ import gc
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -297,6 +298,7 @@ class Run:
                 f"no training step had a finite loss and gradient ({self.diagnosis}); "
                 "check the data for extreme values, scale it, or lower lr"
             )
+        _check_outcome(self.history, self.settings.lr)
 
     def end(self) -> None:
         """Clean up, whether training finished or raised: the progress bar, DDP (before the
@@ -546,6 +548,23 @@ class Run:
         stop = (callback is not None and bool(callback(epoch, self.history))) or out_of_patience
         self.history.stopped_early = out_of_patience
         return bool(self.group.from_main(stop))
+
+
+def _check_outcome(history: History, lr: float) -> None:
+    """No epoch with a finite score is a failure; a best score above 1e6 nats per sample (a
+    diverging run: lr far too high) gets a warning."""
+    if not math.isfinite(history.best_val_nll):
+        raise TrainingError(
+            f"no epoch gave a finite validation NLL (lr={lr:g}): the model diverged and is "
+            "untrained. Lower lr (the default is 1e-2) or scale the data"
+        )
+    if history.best_val_nll > 1e6:  # nats per sample: no working density scores this
+        warnings.warn(
+            f"training diverged: the best validation NLL is {history.best_val_nll:.3g} nats "
+            f"per sample (lr={lr:g}); lower lr",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _saved_state(
