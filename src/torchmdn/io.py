@@ -17,11 +17,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .ensemble import Ensemble
 from .errors import ModelFileError
 from .nn.mdn import MDN
 from .nn.recurrent import MDNRNN
 
-_CLASSES: dict[str, type] = {"MDN": MDN, "MDNRNN": MDNRNN}
+_CLASSES: dict[str, type] = {"MDN": MDN, "MDNRNN": MDNRNN, "Ensemble": Ensemble}
 
 __all__ = ["save", "load", "read_header", "save_checkpoint", "load_checkpoint"]
 
@@ -30,12 +31,13 @@ _FORMAT_VERSION = 1
 
 
 def save(
-    model: MDN | MDNRNN, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+    model: MDN | MDNRNN | Ensemble, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model`` to ``path`` (a ``.safetensors`` file), atomically.
 
     Args:
-        model: the :class:`~torchmdn.MDN` or :class:`~torchmdn.MDNRNN` to save.
+        model: the :class:`~torchmdn.MDN`, :class:`~torchmdn.MDNRNN` or
+            :class:`~torchmdn.Ensemble` (of MDNs) to save.
         path: destination file; written to a temporary file first and then renamed, so an
             interrupted save never leaves a half-written model.
         metadata: extra JSON-serialisable information stored beside the config.
@@ -46,7 +48,9 @@ def save(
     from ._version import __version__
 
     if type(model) not in _CLASSES.values():
-        raise ModelFileError(f"save expects a torchmdn.MDN or MDNRNN; got {type(model).__name__}")
+        raise ModelFileError(
+            f"save expects a torchmdn.MDN, MDNRNN or Ensemble; got {type(model).__name__}"
+        )
     header = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,

@@ -282,9 +282,14 @@ class MDN(nn.Module):
     Args:
         in_features: number of input features.
         out_features: dimension of the target ``y``.
-        n_components: number of mixture components.
+        n_components: number of mixture components, or ``"auto"`` (default): chosen from the
+            training data by :func:`torchmdn.fit` (see :mod:`torchmdn.training.capacity`);
+            until then the head has 5 components. ``model.n_components`` says how many.
         hidden: widths of the hidden layers.
-        covariance_type: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
+        covariance_type: ``"diagonal"``, ``"isotropic"``, ``"full"`` or ``"auto"`` (default):
+            with ``n_components="auto"`` and a target of d > 1 columns, diagonal or full is
+            chosen from the data with the component count (diagonal until then); otherwise
+            diagonal.
         activation: ``"tanh"``, ``"relu"``, ``"silu"`` or ``"gelu"``.
         min_scale: floor on the standard deviations, in standardised units of y.
         target_resolution: the resolution ``h`` at which y is recorded (a number or one per
@@ -308,9 +313,9 @@ class MDN(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        n_components: int = 5,
+        n_components: int | str = "auto",
         hidden: Sequence[int] = (128, 128),
-        covariance_type: str = "diagonal",
+        covariance_type: str = "auto",
         activation: str = "silu",
         min_scale: float = 1e-3,
         target_resolution: str | float | Sequence[float] | None = "auto",
@@ -319,6 +324,14 @@ class MDN(nn.Module):
     ) -> None:
         super().__init__()
         self.target_resolution = self._check_resolution(target_resolution, out_features)
+        #: capacity still to be chosen from the data by fit (see torchmdn.training.capacity)
+        self.auto_components = n_components == "auto"
+        # an explicit component count keeps the fixed default covariance (diagonal)
+        self.auto_covariance = (
+            covariance_type == "auto" and out_features > 1 and self.auto_components
+        )
+        n_components = 5 if n_components == "auto" else n_components
+        covariance_type = "diagonal" if covariance_type == "auto" else covariance_type
         self.backbone = MLP(in_features, tuple(hidden), activation)
         self.head = MDNHead(
             self.backbone.out_features, out_features, n_components, covariance_type, min_scale
@@ -344,15 +357,20 @@ class MDN(nn.Module):
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,
-            "n_components": self.head.n_components,
+            "n_components": "auto" if self.auto_components else self.head.n_components,
             "hidden": [m.out_features for m in linears],
-            "covariance_type": self.head.covariance_type,
+            "covariance_type": "auto" if self.auto_covariance else self.head.covariance_type,
             "activation": act,
             "min_scale": self.head.min_scale,
             "target_resolution": self.target_resolution,
             "feature_names": self.feature_names,
             "target_names": self.target_names,
         }
+
+    @property
+    def n_components(self) -> int:
+        """Number of mixture components of the head (chosen by ``fit`` under ``"auto"``)."""
+        return self.head.n_components
 
     @torch.no_grad()
     def standardize(self, x: Tensor, y: Tensor) -> MDN:
