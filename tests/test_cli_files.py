@@ -172,7 +172,8 @@ def test_a_model_without_feature_names_needs_features(tmp_path, data, capsys):
 
 
 def test_bad_hidden_and_tiny_data_give_advice_the_cli_can_follow(tmp_path, capsys):
-    data = _csv(tmp_path / "d.csv", "x,y\n" + "".join(f"{i},{i * i % 7}\n" for i in range(4)))
+    rows = "".join(f"{i + 0.5},{i * i % 7}\n" for i in range(4))  # x is no row index
+    data = _csv(tmp_path / "d.csv", "x,y\n" + rows)
     out = tmp_path / "m.safetensors"
     _error(
         capsys,
