@@ -11,8 +11,9 @@ of a split only and scored on its test rows; the table gives mean ± standard er
 splits, beside the published NGBoost (Duan et al. 2020) and Deep Ensembles
 (Lakshminarayanan et al. 2017) numbers (± their standard deviation over splits).
 
-Methods: ``mdn`` = ``MDNRegressor()`` with its defaults; ``mdn1`` = the same with
-``n_components=1`` (a heteroscedastic Gaussian); ``ngboost`` = ``ngboost.NGBRegressor()`` with
+Methods: ``mdn`` = ``MDNRegressor()`` with its defaults (capacity chosen from the data);
+``mdn1`` = the same with ``n_components=1`` (a heteroscedastic Gaussian); ``mdn5`` = 5 diagonal
+components (the default before the automatic choice); ``ens5`` = ``n_estimators=5``; ``ngboost`` = ``ngboost.NGBRegressor()`` with
 its defaults (Normal, 500 trees), run only if ngboost is installed, on the first
 ``--ngboost-splits`` splits (default 5: it takes ~20 s per kin8nm split on one core).
 
@@ -56,6 +57,21 @@ PUBLISHED_RMSE = {  # same papers
 }
 
 
+METHODS = {  # MDNRegressor arguments of each MDN method
+    "mdn": {},
+    "mdn1": {"n_components": 1},
+    "mdn5": {"n_components": 5, "covariance_type": "diag"},
+    "ens5": {"n_estimators": 5},
+}
+LABELS = {
+    "mdn": "MDN (defaults)",
+    "mdn1": "MDN, 1 component",
+    "mdn5": "MDN, 5 components",
+    "ens5": "MDN, 5-member ensemble",
+    "ngboost": "NGBoost (ours)",
+}
+
+
 def load(folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """Inputs, target and the number of splits of one data set folder."""
     data = np.loadtxt(folder / "data.txt")
@@ -91,12 +107,13 @@ def run_method(method: str, params: dict, X, y, X_te, y_te, seed: int) -> tuple[
         reg = NGBRegressor(random_state=seed, verbose=False).fit(X, y)
         dist = reg.pred_dist(X_te)
         loc, scale = dist.params["loc"], dist.params["scale"]
-        return gaussian_nll(y_te, loc, scale), float(np.sqrt(np.mean((loc - y_te) ** 2)))
-    extra = {"n_components": 1} if method == "mdn1" else {}
+        rmse = float(np.sqrt(np.mean((loc - y_te) ** 2)))
+        return gaussian_nll(y_te, loc, scale), rmse, 1
+    extra = METHODS[method]
     reg = MDNRegressor(**{**params, **extra, "random_state": seed}).fit(X, y)
     nll = -reg.log_likelihood(X_te, y_te)
     rmse = float(np.sqrt(np.mean((reg.predict(X_te) - y_te) ** 2)))
-    return nll, rmse
+    return nll, rmse, reg.n_components_
 
 
 def one_thread() -> None:
@@ -122,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help="data sets (default: every folder in DATA_DIR)")
     p.add_argument("--splits", type=int, default=None, help="first K splits (default: all)")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
-    p.add_argument("--methods", nargs="+", default=["mdn", "mdn1", "ngboost"])
+    p.add_argument("--methods", nargs="+", default=["mdn", "mdn1", "ngboost"], choices=[*METHODS, "ngboost"])
     p.add_argument("--set", nargs="*", default=[], metavar="PARAM=VALUE")
     p.add_argument("--holdout", action="store_true", help="score a part of the training rows")
     p.add_argument("--ngboost-splits", type=int, default=5, help="splits for ngboost (slow)")
@@ -171,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     results = {k: [v[i] for i in sorted(v)] for k, v in results.items()}
 
-    labels = {"mdn": "MDN (defaults)", "mdn1": "MDN, 1 component", "ngboost": "NGBoost (ours)"}
+    labels = LABELS
     head = " | ".join(f"{labels[m]} NLL" for m in methods)
     lines = [
         f"| data set | splits | {head} | NGBoost (paper) | Deep Ens. (paper) | "
@@ -192,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         n = "/".join(str(len(results[(name, m)])) for m in methods)
         lines.append(
             f"| {name} | {n} | " + " | ".join(cells) + f" | {ng:.2f} ± {ngs:.2f} | "
-            f"{de:.2f} ± {des:.2f} | " + " | ".join(rmse_cells) + f" | {ngr:.2f} / {der:.2f} |"
+            f"{de:.2f} ± {des:.2f} | " + " | ".join(rmse_cells) + f" | {ngr:.2f} / {der:.2f} | "
+            + "; ".join(
+                f"{m}: {np.mean(ks):.1f} ({min(ks)}-{max(ks)})"
+                for m in methods
+                if m != "ngboost" and (ks := [r[2] for r in results[(name, m)]])
+            )
+            + " |"
         )
     settings = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
     footer = (

@@ -7,6 +7,7 @@ The network outputs a whole conditional distribution p(y|x), a Gaussian mixture,
 from . import datasets, metrics
 from ._version import __version__
 from .distributions import GaussianMixture
+from .ensemble import Ensemble, ensemble
 from .errors import TorchMDNError
 from .io import load, save
 from .nn import MDN, MDNRNN, MLP, MDNHead, PenStateHead, SequenceGenerator
@@ -16,6 +17,8 @@ __all__ = [
     "GaussianMixture",
     "MDN",
     "MDNHead",
+    "Ensemble",
+    "ensemble",
     "MLP",
     "History",
     "TorchMDNError",

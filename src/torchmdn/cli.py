@@ -242,6 +242,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _components(text: str) -> int | str:
+    """``--components``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1; got {text!r}")
+    return value
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .io import resolve_device
     from .nn.mdn import MDN
@@ -347,6 +360,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         f"trained {history.epochs} epochs{stop} in {history.time_s:.1f} s{val}; "
         f"best epoch {history.best_epoch + 1}; wrote {args.output}"
     )
+    if history.capacity:
+        print(f"components: {history.capacity['reason']}")
     return 0
 
 
@@ -648,9 +663,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="feature columns, comma-separated (default: all other columns except row-index "
         "columns: unnamed, rownames, id, index, or the integers 0..N-1 / 1..N in order)",
     )
-    f.add_argument("--components", type=int, default=5, help="mixture components")
-    f.add_argument("--covariance", choices=["diagonal", "isotropic", "full"], default="diagonal",
-                   help="covariance of each component (matters for several targets)")  # fmt: skip
+    f.add_argument(
+        "--components", type=_components, default=5,
+        help="mixture components, or 'auto': chosen from the data (a validation-likelihood "
+        "ladder; see torchmdn.training.capacity)",
+    )  # fmt: skip
+    f.add_argument(
+        "--covariance", choices=["auto", "diagonal", "isotropic", "full"], default="auto",
+        help="covariance of each component (matters for several targets); 'auto' (default): "
+        "chosen from the data with --components auto",
+    )  # fmt: skip
     f.add_argument("--hidden", default="128,128", help="hidden layer widths, comma-separated")
     f.add_argument("--steps", type=int,
                    help="optimiser steps (default: clip(2.5 N, 3000, 20000) for N training rows)")  # fmt: skip

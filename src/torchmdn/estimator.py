@@ -33,7 +33,7 @@ except ImportError as err:  # pragma: no cover - exercised only without scikit-l
 
 __all__ = ["MDNRegressor", "nll_scorer"]
 
-_COVARIANCES = {"diag": "diagonal", "spherical": "isotropic", "full": "full"}
+_COVARIANCES = {"diag": "diagonal", "spherical": "isotropic", "full": "full", "auto": "auto"}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _KINDS = ("mean", "mode", "median")
 
@@ -67,9 +67,14 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         and a point between them scores thousands of nats.
 
     Args:
-        n_components: number of Gaussian components.
-        covariance_type: ``"diag"``, ``"spherical"`` or ``"full"`` (scikit-learn's names;
-            only matters for 2-d targets).
+        n_components: number of Gaussian components (default 5), or ``"auto"``: chosen from the
+            training rows by validation likelihood over 1, 2, 3, 5, 8, 12 and 20 components
+            trained together on one backbone, keeping the simplest within one standard error
+            of the best (:mod:`torchmdn.training.capacity`); ``n_components_`` says which.
+        covariance_type: ``"diag"`` (default), ``"spherical"``, ``"full"`` (scikit-learn's
+            names; only matter for multi-column targets) or ``"auto"``: with
+            ``n_components="auto"`` chosen with the component count for a multi-column y;
+            otherwise diagonal.
         hidden_layer_sizes: widths of the hidden layers of the MLP (one integer: one layer).
         activation: ``"silu"``, ``"relu"``, ``"tanh"`` or ``"gelu"``.
         min_scale: floor on component standard deviations, in standardised units of y.
@@ -100,10 +105,20 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             where that device is missing, the model predicts on the CPU.
         dtype: ``"float32"`` or ``"float64"``.
         verbose: show a progress bar while fitting (on terminals).
+        n_estimators: train this many networks (seeds drawn from ``random_state``) and
+            predict with their :func:`torchmdn.ensemble`: one mixture with every member's
+            components, weights divided by ``n_estimators``.
+        n_jobs: worker processes for the members (``None``: as many as free CPUs, one torch
+            thread each; 1: one after the other in this process).
 
     Attributes:
-        model_: the fitted :class:`torchmdn.MDN` (in eval mode, on ``device``).
-        history_: the :class:`torchmdn.History` of the fit.
+        model_: the fitted :class:`torchmdn.MDN` (an :class:`torchmdn.Ensemble` of them
+            with ``n_estimators > 1``), in eval mode, on ``device``.
+        history_: the :class:`torchmdn.History` of the fit (a list, one per member, with
+            ``n_estimators > 1``); ``history_.capacity`` says which capacities were tried
+            and why one was chosen.
+        n_components_: components of the fitted mixture (summed over ensemble members).
+        covariance_type_: the covariance type used (``"diag"``, ``"spherical"``, ``"full"``).
         n_features_in_: number of input columns.
         feature_names_in_: column names when X was a DataFrame with string column names.
         n_outputs_: dimension of y.
@@ -124,7 +139,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components: int = 5,
+        n_components: int | str = 5,
         covariance_type: str = "diag",
         hidden_layer_sizes: Sequence[int] = (128, 128),
         activation: str = "silu",
@@ -144,6 +159,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         device: str = "cpu",
         dtype: str = "float32",
         verbose: bool = False,
+        n_estimators: int = 1,
+        n_jobs: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -165,6 +182,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
+        self.n_estimators = n_estimators
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ scikit-learn plumbing
 
@@ -180,11 +199,25 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 f"covariance_type must be one of {sorted(_COVARIANCES)}; got "
                 f"{self.covariance_type!r}. Use 'diag' unless y has correlated dimensions."
             )
+        k = self.n_components
+        if k != "auto" and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise InputError(
+                f"n_components must be 'auto' (chosen from the data) or an integer >= 1; got {k!r}"
+            )
+        if self.n_jobs is not None and (
+            isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, (int, np.integer))
+            or self.n_jobs < 1
+        ):  # fmt: skip
+            raise InputError(
+                f"n_jobs must be None (as many processes as free CPUs) or an integer >= 1; "
+                f"got {self.n_jobs!r}"
+            )
         if self.dtype not in _DTYPES:
             raise InputError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
         batch_size = integer("batch_size", self.batch_size)
         # max_epochs, max_steps and patience: checked by the training-length rule
         plan_epochs(1, batch_size, self.max_epochs, self.max_steps, self.patience)
+        integer("n_estimators", self.n_estimators)
 
     def _check_frame(self, X: Any, name: str) -> None:
         """Name the non-numeric columns of a DataFrame (check_array's message does not)."""
@@ -212,7 +245,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         device: the CPU), else where ``device`` says."""
         model = getattr(self, "model_", None)
         if model is not None:
-            return model.x_loc.device
+            return next(model.parameters()).device
         return resolve_device(self.device)
 
     def _tensor(self, a: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
@@ -230,7 +263,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         """Pickled with the model on the CPU, so it unpickles on machines without a GPU."""
         state = super().__getstate__()
         model = state.get("model_")
-        if model is not None and model.x_loc.device.type != "cpu":
+        if model is not None and next(model.parameters()).device.type != "cpu":
             state = {**state, "model_": copy.deepcopy(model).cpu()}
         return state
 
@@ -286,6 +319,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
                 "not defined. Drop them or add varied data."
             )
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        if self.n_estimators > 1:
+            return self._fit_ensemble(X, y, seed)
         n = len(X)
         val_fraction = self.validation_fraction
         if val_fraction > 0 and n * val_fraction < 2:
@@ -297,7 +332,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             model = MDN(
                 X.shape[1],
                 self.n_outputs_,
-                n_components=self.n_components,
+                n_components=k if (k := self.n_components) == "auto" else int(k),
                 hidden=self.hidden_layer_sizes,  # (one integer: one layer)
                 covariance_type=_COVARIANCES[self.covariance_type],
                 activation=self.activation,
@@ -324,6 +359,39 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             random_state=seed,
         )
         self.model_ = model
+        self.n_components_ = model.n_components
+        self.covariance_type_ = {v: k for k, v in _COVARIANCES.items()}[model.head.covariance_type]
+        return self
+
+    def _fit_ensemble(self, X: np.ndarray, y: np.ndarray, seed: int) -> MDNRegressor:
+        """Fit ``n_estimators`` members (seeds drawn from ``seed``), in worker processes when
+        more than one CPU is free, and keep their :func:`torchmdn.ensemble`."""
+        from .ensemble import ensemble, full_covariance
+
+        seeds = np.random.RandomState(seed).randint(np.iinfo(np.int32).max, size=self.n_estimators)
+        members = [
+            self.__class__(**{**self.get_params(), "n_estimators": 1, "random_state": int(s)})
+            for s in seeds
+        ]
+        jobs = self.n_jobs if self.n_jobs is not None else _free_cpus()
+        jobs = min(jobs, self.n_estimators) if str(self.device).startswith("cpu") else 1
+        if jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_one_thread) as pool:
+                members = list(pool.map(_fit_member, members, [X] * len(members), [y] * len(members)))
+        else:
+            members = [m.fit(X, y) for m in members]
+        models = [m.model_ for m in members]
+        if len({m.head.covariance_type for m in models}) > 1:  # auto chose differently: make all full
+            models = [full_covariance(m) for m in models]
+        self.model_ = ensemble(models).eval()
+        self.history_ = [m.history_ for m in members]
+        self.n_components_ = self.model_.n_components
+        kind = models[0].head.covariance_type
+        self.covariance_type_ = {v: k for k, v in _COVARIANCES.items()}[kind]
         return self
 
     # ------------------------------------------------------------------ predictions
@@ -335,7 +403,15 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        model = self.model_
+        members = getattr(self.model_, "members", None)
+        if members is not None:  # an ensemble: each member in float64, then combined exactly
+            from .ensemble import combine
+
+            return combine([self._dist64(m, X) for m in members])
+        return self._dist64(self.model_, X)
+
+    def _dist64(self, model: MDN, X: np.ndarray) -> GaussianMixture:
+        """``model``'s mixture for ``X`` in float64 on the CPU, in y's units."""
         with torch.no_grad():
             z = model.standardized_forward(self._tensor(X))
             f64 = torch.float64
@@ -440,6 +516,25 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         if not np.isfinite(y).all():
             raise InputError(f"y contains NaN or inf. {_REMEDY}")
         return float(dist.log_prob(torch.tensor(y)).mean())
+
+
+def _free_cpus() -> int:
+    """CPUs this process may use."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # parallelism comes from the processes
+
+
+def _fit_member(member: MDNRegressor, X: np.ndarray, y: np.ndarray) -> MDNRegressor:
+    """Fit one ensemble member (in a worker process)."""
+    return member.fit(X, y)
 
 
 _REMEDY = (

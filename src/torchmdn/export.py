@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,15 +42,21 @@ from torch.distributions import Distribution
 
 from ._checks import require_extra
 from .distributions.mixture import GaussianMixture
+from .ensemble import Ensemble
 from .errors import InputError
 from .nn.mdn import MDN
 
 __all__ = ["export_onnx", "export_program", "load_onnx_mixture", "output_names"]
 
 
-def output_names(model: MDN) -> list[str]:
+def _mdns(model: MDN | Ensemble) -> list[MDN]:
+    """The MDNs of ``model``: itself, or an ensemble's members."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
+
+
+def output_names(model: MDN | Ensemble) -> list[str]:
     """Names of the exported parameter outputs: logits, loc, then scale or scale_tril."""
-    last = "scale_tril" if model.head.covariance_type == "full" else "scale"
+    last = "scale_tril" if _mdns(model)[0].head.covariance_type == "full" else "scale"
     return ["logits", "loc", last]
 
 
@@ -82,21 +89,35 @@ class _Parameters(nn.Module):
         return tuple(t.squeeze(1) for t in out)  # type: ignore[return-value]
 
     def _mixture_parameters(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        m = self.model
-        gm = m.standardized_forward(x)
-        loc = gm.loc * m.y_scale + m.y_loc
-        if gm.covariance_type == "full":
-            # the head gives the precision factor A = L⁻¹ in standardised units; in user units
-            # it is A diag(1/y_scale) (as GaussianMixture.affine computes it), inverted here
-            # the way model(x).scale_tril inverts it: forward substitution
-            tril = _tril_inverse_unrolled(gm.precision_tril / m.y_scale)
-            return gm.logits, loc, tril
-        scale = gm.scale
-        if gm.covariance_type == "isotropic":
-            scale = scale * m.y_scale if m.out_features == 1 else scale.unsqueeze(-1) * m.y_scale
-        else:
-            scale = scale * m.y_scale
-        return gm.logits, loc, scale
+        if not isinstance(self.model, Ensemble):
+            return _parameters(self.model, x)
+        # an ensemble: every member's components, log-weights minus log M (as Ensemble does)
+        parts = [_parameters(m, x) for m in self.model.members]
+        log_m = math.log(len(parts))
+        logits = torch.cat([torch.log_softmax(p[0], -1) - log_m for p in parts], -1)
+        loc = torch.cat([p[1] for p in parts], -2)
+        dim = -3 if parts[0][2].dim() == loc.dim() + 1 else -2
+        if parts[0][2].dim() == loc.dim() - 1:  # isotropic with d == 1: (N, n)
+            dim = -1
+        return logits, loc, torch.cat([p[2] for p in parts], dim)
+
+
+def _parameters(m: MDN, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logits, loc, scale or scale_tril)`` of ``m(x)`` in user units, export-friendly."""
+    gm = m.standardized_forward(x)
+    loc = gm.loc * m.y_scale + m.y_loc
+    if gm.covariance_type == "full":
+        # the head gives the precision factor A = L⁻¹ in standardised units; in user units
+        # it is A diag(1/y_scale) (as GaussianMixture.affine computes it), inverted here
+        # the way model(x).scale_tril inverts it: forward substitution
+        tril = _tril_inverse_unrolled(gm.precision_tril / m.y_scale)
+        return gm.logits, loc, tril
+    scale = gm.scale
+    if gm.covariance_type == "isotropic":
+        scale = scale * m.y_scale if m.out_features == 1 else scale.unsqueeze(-1) * m.y_scale
+    else:
+        scale = scale * m.y_scale
+    return gm.logits, loc, scale
 
 
 class _LogProbAndParameters(_Parameters):
@@ -108,19 +129,25 @@ class _LogProbAndParameters(_Parameters):
 
 
 @contextlib.contextmanager
-def _export_mode(model: MDN) -> Iterator[None]:
+def _export_mode(model: MDN | Ensemble) -> Iterator[None]:
     """Eval mode, no mean-gradient scaling, and torch's global switches restored afterwards."""
-    if not isinstance(model, MDN):
-        raise InputError(f"export expects a torchmdn.MDN; got {type(model).__name__}")
-    saved = (model.training, model.head.mean_grad_scaling)
+    if not isinstance(model, (MDN, Ensemble)) or not all(
+        isinstance(m, MDN) for m in _mdns(model)
+    ):
+        raise InputError(
+            f"export expects a torchmdn.MDN or an Ensemble of MDNs; got {type(model).__name__}"
+        )
+    saved = (model.training, [m.head.mean_grad_scaling for m in _mdns(model)])
     validate, grad = Distribution._validate_args, torch.is_grad_enabled()
     model.eval()
-    model.head.mean_grad_scaling = False
+    for m in _mdns(model):
+        m.head.mean_grad_scaling = False
     try:
         yield
     finally:
         model.train(saved[0])
-        model.head.mean_grad_scaling = saved[1]
+        for m, flag in zip(_mdns(model), saved[1], strict=True):
+            m.head.mean_grad_scaling = flag
         Distribution.set_default_validate_args(validate)
         torch.set_grad_enabled(grad)
 
@@ -136,13 +163,16 @@ def _on_cpu(model: MDN) -> MDN:
 def _example_x(model: MDN) -> Tensor:
     # a batch size equal to no other dimension of the model, so that the exporter cannot
     # mistake the batch for, say, the number of components and specialise it
-    cfg = model.config()
-    batch = 2 + max(cfg["in_features"], cfg["out_features"], cfg["n_components"], *cfg["hidden"])
+    sizes = [model.in_features, model.out_features, model.n_components]
+    for m in _mdns(model):
+        cfg = m.config()
+        sizes += [m.n_components, *cfg["hidden"]]
+    batch = 2 + max(sizes)
     p = next(model.parameters())
     return torch.randn(batch, model.in_features, dtype=p.dtype, device=p.device)
 
 
-def export_onnx(model: MDN, path: str | os.PathLike[str], *, opset: int | None = None) -> Path:
+def export_onnx(model: MDN | Ensemble, path: str | os.PathLike[str], *, opset: int | None = None) -> Path:
     """Write ``model`` as ONNX: input ``x (N, in_features)``, outputs :func:`output_names`.
 
     ``N`` is dynamic. The outputs are the parameters of ``model(x)`` (see the module docstring)
@@ -173,7 +203,7 @@ def export_onnx(model: MDN, path: str | os.PathLike[str], *, opset: int | None =
     return path
 
 
-def export_program(model: MDN) -> torch.export.ExportedProgram:
+def export_program(model: MDN | Ensemble) -> torch.export.ExportedProgram:
     """A :class:`torch.export.ExportedProgram` of ``(x, y) -> (log p(y|x), *parameters)``.
 
     ``x (N, in_features)``, ``y (N, out_features)`` with ``N`` dynamic; the first output is

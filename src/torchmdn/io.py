@@ -19,11 +19,12 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from ._files import atomic_write, loads_bounded, numel, read_safetensors_header
+from .ensemble import Ensemble
 from .errors import InputError, ModelFileError
 from .nn.mdn import MDN
 from .nn.recurrent import MDNRNN
 
-_CLASSES: dict[str, type] = {"MDN": MDN, "MDNRNN": MDNRNN}
+_CLASSES: dict[str, type] = {"MDN": MDN, "MDNRNN": MDNRNN, "Ensemble": Ensemble}
 
 __all__ = [
     "save",
@@ -39,12 +40,13 @@ _FORMAT_VERSION = 1
 
 
 def save(
-    model: MDN | MDNRNN, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+    model: MDN | MDNRNN | Ensemble, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model`` to ``path`` (a ``.safetensors`` file), atomically.
 
     Args:
-        model: the :class:`~torchmdn.MDN` or :class:`~torchmdn.MDNRNN` to save.
+        model: the :class:`~torchmdn.MDN`, :class:`~torchmdn.MDNRNN` or
+            :class:`~torchmdn.Ensemble` (of MDNs) to save.
         path: destination file; written to a temporary file first and then renamed, so an
             interrupted save never leaves a half-written model.
         metadata: extra JSON-serialisable information stored beside the config.
@@ -55,7 +57,9 @@ def save(
     from ._version import __version__
 
     if type(model) not in _CLASSES.values():
-        raise ModelFileError(f"save expects a torchmdn.MDN or MDNRNN; got {type(model).__name__}")
+        raise ModelFileError(
+            f"save expects a torchmdn.MDN, MDNRNN or Ensemble; got {type(model).__name__}"
+        )
     header = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
@@ -126,6 +130,18 @@ def _is_int(value: Any, lo: int = 1) -> bool:
 def _planned_size(cls: type, config: dict[str, Any], path: Any, n_tensors: int) -> int:
     """The numbers a model of ``config`` holds (its parameters and buffers), from the config
     alone; refuses sizes of the wrong type before anything is allocated."""
+    if cls is Ensemble:
+        members = config.get("members")
+        if not isinstance(members, list) or not members or len(members) > n_tensors:
+            raise ModelFileError(f"{path}: invalid ensemble config (members)")
+        total = 0
+        for m in members:
+            kind = m.get("class") if isinstance(m, dict) else None
+            member = {"MDN": MDN, "MDNRNN": MDNRNN}.get(kind) if isinstance(kind, str) else None
+            if member is None or not isinstance(m.get("config"), dict):
+                raise ModelFileError(f"{path}: invalid ensemble member {str(m)[:80]}")
+            total += _planned_size(member, _upgrade_config(m["config"]), path, n_tensors)
+        return total
     sizes = ["in_features", "out_features", "n_components"]
     sizes += ["hidden_size", "num_layers"] if cls is MDNRNN else []
     for key in sizes:
@@ -262,12 +278,13 @@ def _check_values(path: Any, model: torch.nn.Module) -> None:
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFileError(f"{path}: {name} holds NaN or infinite values")
-    for name in ("x_scale", "y_scale"):
-        t = getattr(model, name, None)
-        if t is not None and not bool((t > 0).all()):
-            raise ModelFileError(
-                f"{path}: {name} holds values <= 0 ({t.tolist()[:5]}); the file is damaged"
-            )
+    for module in model.modules():  # an ensemble's members too
+        for name in ("x_scale", "y_scale"):
+            t = getattr(module, name, None)
+            if isinstance(t, Tensor) and not bool((t > 0).all()):
+                raise ModelFileError(
+                    f"{path}: {name} holds values <= 0 ({t.tolist()[:5]}); the file is damaged"
+                )
 
 
 def upgrade_state(model: torch.nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:

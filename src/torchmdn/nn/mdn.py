@@ -297,9 +297,14 @@ class MDN(nn.Module):
     Args:
         in_features: number of input features.
         out_features: dimension of the target ``y``.
-        n_components: number of mixture components.
+        n_components: number of mixture components (default 5), or ``"auto"``: chosen from
+            the training data by :func:`torchmdn.fit` (see :mod:`torchmdn.training.capacity`);
+            until then the head has 5 components. ``model.n_components`` says how many.
         hidden: widths of the hidden layers.
-        covariance_type: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
+        covariance_type: ``"diagonal"`` (default), ``"isotropic"``, ``"full"`` or ``"auto"``:
+            with ``n_components="auto"`` and a target of d > 1 columns, diagonal or full is
+            chosen from the data with the component count (diagonal until then); otherwise
+            diagonal.
         activation: ``"tanh"``, ``"relu"``, ``"silu"`` or ``"gelu"``.
         min_scale: floor on the standard deviations, in standardised units of y.
         target_resolution: the resolution ``h`` at which y is recorded (a number or one per
@@ -323,7 +328,7 @@ class MDN(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        n_components: int = 5,
+        n_components: int | str = 5,
         hidden: Sequence[int] = (128, 128),
         covariance_type: str = "diagonal",
         activation: str = "silu",
@@ -336,6 +341,14 @@ class MDN(nn.Module):
         in_features = integer("in_features", in_features)
         out_features = integer("out_features", out_features)
         self.target_resolution = self._check_resolution(target_resolution, out_features)
+        #: capacity still to be chosen from the data by fit (see torchmdn.training.capacity)
+        self.auto_components = n_components == "auto"
+        # an explicit component count keeps the fixed default covariance (diagonal)
+        self.auto_covariance = (
+            covariance_type == "auto" and out_features > 1 and self.auto_components
+        )
+        n_components = 5 if n_components == "auto" else n_components
+        covariance_type = "diagonal" if covariance_type == "auto" else covariance_type
         self.backbone = MLP(in_features, _widths(hidden), activation)
         self.head = MDNHead(
             self.backbone.out_features, out_features, n_components, covariance_type, min_scale
@@ -361,15 +374,20 @@ class MDN(nn.Module):
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,
-            "n_components": self.head.n_components,
+            "n_components": "auto" if self.auto_components else self.head.n_components,
             "hidden": [m.out_features for m in linears],
-            "covariance_type": self.head.covariance_type,
+            "covariance_type": "auto" if self.auto_covariance else self.head.covariance_type,
             "activation": act,
             "min_scale": self.head.min_scale,
             "target_resolution": self.target_resolution,
             "feature_names": self.feature_names,
             "target_names": self.target_names,
         }
+
+    @property
+    def n_components(self) -> int:
+        """Number of mixture components of the head (chosen by ``fit`` under ``"auto"``)."""
+        return self.head.n_components
 
     @torch.no_grad()
     def standardize(self, x: Tensor, y: Tensor) -> MDN:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelFileError, TorchMDNError
+from .capacity import select_capacity, wants_selection
 from .distributed import Group, local_slice, process_group
 from .length import plan as plan_epochs
 from .loop import PRECISIONS, History, Run, Settings
@@ -190,6 +191,9 @@ def fit(
         TrainingError: the loss stayed non-finite after repeated roll-backs; the message
             names the parameter blocks and training rows involved.
     """
+    if wants_selection(model):  # n_components="auto": train candidates, keep the best
+        kwargs = {k: v for k, v in locals().items() if k not in ("model", "x", "y")}
+        return select_capacity(model, x, y, fit, kwargs)
     max_epochs, batch_size, checkpoint_every, patience = (
         _plain_int(v) for v in (max_epochs, batch_size, checkpoint_every, patience)
     )

@@ -63,6 +63,9 @@ class History:
         rollbacks: times the model was rolled back to its last good state (lr halved each time).
         reseeded: components re-seeded because they had died.
         time_s: wall-clock seconds spent in ``fit`` (this call only).
+        capacity: for a model whose capacity ``fit`` chose (``n_components="auto"``): the
+            candidates tried (``"tried"``: component count, covariance, validation NLL,
+            paired standard error against the best), ``"chosen"`` and the ``"reason"``.
     """
 
     train_nll: list[float] = field(default_factory=list)
@@ -76,6 +79,7 @@ class History:
     rollbacks: int = 0
     reseeded: int = 0
     time_s: float = 0.0
+    capacity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:

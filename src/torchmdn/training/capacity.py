@@ -1,0 +1,357 @@
+"""Choosing an MDN's capacity (number of components, covariance type) from the training data.
+
+``MDN(n_components="auto")`` (the default) is trained by :func:`~torchmdn.fit` as a *ladder*:
+one shared backbone with one mixture head per candidate (1, 2, 3, 5, 8, 12 and 20
+components; for a target of d > 1 dimensions with ``covariance_type="auto"`` each count both
+diagonal and full), trained together on the mean of their NLLs. One run costs little more
+than training one model, since the backbone's steps dominate. After every epoch each head's
+validation NLL is recorded and the state (backbone and head) of its best epoch kept. Then
+the candidates are ranked by validation NLL and the *simplest* one (fewest head outputs)
+whose NLL is within one paired standard error of the best is chosen (the one-standard-error
+rule): on a few validation rows the differences are noisy, and the simpler model is then
+kept, so small data sets get few components and no invented modes. The chosen head and its
+backbone state are written into the model, whose head shrinks to the chosen size; the
+:class:`~torchmdn.History` holds every candidate's validation NLL and the reason
+(``history.capacity``).
+
+Without a validation set (``validation_fraction=0`` and no ``validation_data``) the choice
+falls back to one component. Streamed data, data-parallel runs and checkpoints train the
+model's initial head (5 components) as a fixed model, and say so in ``history.capacity``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._math import LOG_2PI
+from ..distributions.mixture import GaussianMixture
+from ..nn.mdn import MDN, MDNHead
+from ..ops.layout import unpack_precision
+from .loop import History
+
+__all__ = ["LADDER", "Ladder", "candidates", "choose", "select_capacity", "wants_selection"]
+
+#: component counts tried by ``n_components="auto"``
+LADDER = (1, 2, 3, 5, 8, 12, 20)
+
+
+def wants_selection(model: nn.Module) -> bool:
+    """Whether ``model`` asks for its capacity to be chosen from the data."""
+    return bool(
+        getattr(model, "auto_components", False) or getattr(model, "auto_covariance", False)
+    )
+
+
+def candidates(model: MDN) -> list[tuple[int, str]]:
+    """``(n_components, covariance)`` pairs to try, simplest first (by head outputs per row)."""
+    counts = LADDER if model.auto_components else (model.head.n_components,)
+    if model.auto_covariance:
+        kinds: Sequence[str] = ("diagonal", "full")
+    else:
+        kinds = (model.head.covariance_type,)
+    d = model.out_features
+    per = {"diagonal": 2 * d + 1, "isotropic": d + 2, "full": d + d * (d + 1) // 2 + 1}
+    pairs = [(k, c) for k in counts for c in kinds if not (k == 1 and c == "full" and d == 1)]
+    # one diagonal component and one full one differ for d > 1; for d == 1 all kinds agree
+    return sorted(pairs, key=lambda kc: (kc[0] * per[kc[1]], kc[0]))
+
+
+class _Recorder:
+    """Per-head validation NLL of the epoch being scored; shared by a module and its copies
+    (the training loop's moving average of the weights is a deep copy: scored, not trained)."""
+
+    def __init__(self, n_heads: int) -> None:
+        self.n_heads = n_heads
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[list[Tensor]] = [[] for _ in range(self.n_heads)]
+        self.source: Ladder | None = None
+
+    def __deepcopy__(self, memo: dict) -> _Recorder:
+        return self
+
+
+class Ladder(nn.Module):
+    """Candidate MDNs sharing one backbone (and the normalisers): ``log_prob`` is the mean of
+    their log-likelihoods, so one training run fits every head."""
+
+    def __init__(self, model: MDN, candidates: Sequence[tuple[int, str]]) -> None:
+        super().__init__()
+        self.candidates = list(candidates)
+        cfg = model.config()
+        members = []
+        for k, cov in self.candidates:
+            m = MDN(**{**cfg, "n_components": k, "covariance_type": cov})
+            m.load_state_dict(
+                {n: t for n, t in model.state_dict().items() if not n.startswith("head.")},
+                strict=False,
+            )
+            members.append(m)
+        backbone = copy.deepcopy(model.backbone)
+        for m in members:
+            m.backbone = backbone  # shared: one set of parameters
+        self.members = nn.ModuleList(members)
+        self.recorder = _Recorder(len(members))
+
+    @property
+    def standardized(self) -> Tensor:
+        """Whether the normalisers are set (the training loop asks)."""
+        return self.members[0].standardized
+
+    @property
+    def x_scale(self) -> Tensor:
+        """The shared input scales."""
+        return self.members[0].x_scale
+
+    @property
+    def y_scale(self) -> Tensor:
+        """The shared target scales."""
+        return self.members[0].y_scale
+
+    @property
+    def head(self) -> MDNHead:
+        """The largest candidate's head (what the loop's component tracking looks at)."""
+        return self.members[-1].head
+
+    def mixture_and_target(self, x: Tensor, y: Tensor) -> tuple[GaussianMixture, Tensor]:
+        """The largest candidate's mixture and the standardised targets (component tracking)."""
+        return self.members[-1].mixture_and_target(x, y)
+
+    @torch.no_grad()
+    def standardize(self, x: Tensor, y: Tensor) -> Ladder:
+        """Set every member's normalisers (and grid floor) from the training rows."""
+        self.members[0].standardize(x, y)
+        state = {n: t for n, t in self.members[0].state_dict().items() if not n.startswith("head.")}
+        for m in self.members[1:]:
+            m.load_state_dict(state, strict=False)
+            m.head.scale_floor.copy_(self.members[0].head.scale_floor)
+        return self
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Ladder:
+        """Start every head at the unconditional mixture fit of ``y`` with its component count."""
+        for m in self.members:
+            m.initialize(x, y, generator)
+        return self
+
+    def forward(self, x: Tensor):
+        """The largest candidate's mixture (for the loop's diagnostics)."""
+        return self.members[-1](x)
+
+    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean over the heads of ``log p(y | x)``; when scoring (eval mode, no gradient)
+        each head's per-row values are recorded for the choice."""
+        first = self.members[0]
+        h = first.backbone((first._check_x(x) - first.x_loc) / first.x_scale)
+        z = (first._check_y(y) - first.y_loc) / first.y_scale
+        lps = self.head_log_probs(h, z) - first.y_scale.log().sum()  # (rows, heads)
+        if not self.training and not torch.is_grad_enabled():
+            for i in range(len(self.members)):
+                self.recorder.rows[i].append(-lps[:, i].detach().double().cpu())
+            self.recorder.source = self
+        return lps.mean(-1)
+
+    def head_log_probs(self, h: Tensor, z: Tensor) -> Tensor:
+        """``log p(z | h)`` under every head at once, ``(rows, heads)``: the heads' linear
+        layers as one matrix product and their mixtures as one padded log-sum-exp (a step
+        costs about as much as one head's, whatever the number of heads)."""
+        d = z.shape[-1]
+        floor = self.members[0].head.scale_floor
+        logits_all, comp_all = [], []
+        for kind, (idx, heads) in self._groups().items():
+            weight = torch.cat([m.head.linear.weight for m in heads])
+            bias = torch.cat([m.head.linear.bias for m in heads])
+            out = torch.nn.functional.linear(h, weight, bias).index_select(-1, idx)
+            n = sum(m.head.n_components for m in heads)
+            logits, loc, raw = out.split([n, n * d, out.shape[-1] - n - n * d], dim=-1)
+            diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d))
+            if kind == "diagonal":
+                scale = F.softplus(raw.unflatten(-1, (n, d))) + floor
+                comp = -0.5 * (diff / scale).square().sum(-1) - scale.log().sum(-1)
+            elif kind == "isotropic":
+                scale = F.softplus(raw) + floor.max()
+                comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
+            else:
+                prec = unpack_precision(raw.unflatten(-1, (n, -1)), floor)
+                white = (prec @ diff.unsqueeze(-1)).squeeze(-1)
+                comp = prec.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * white.square().sum(-1)
+            logits_all.append(logits)
+            comp_all.append(comp)
+        logits = torch.cat([*logits_all, torch.full_like(comp_all[0][:, :1], -math.inf)], -1)
+        comp = torch.cat([*comp_all, torch.zeros_like(comp_all[0][:, :1])], -1)
+        pad, shape = self._padding()
+        logits = logits.index_select(-1, pad).unflatten(-1, shape)
+        comp = comp.index_select(-1, pad).unflatten(-1, shape)
+        lp = torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1)
+        return lp - 0.5 * d * LOG_2PI
+
+    def _groups(self) -> dict[str, tuple[Tensor, list[MDN]]]:
+        """Members by covariance kind, each with the permutation that takes their stacked
+        head outputs to ``[all logits | all means | all scale parameters]``."""
+        cached = getattr(self, "_group_cache", None)
+        if cached is not None:
+            return cached
+        groups: dict[str, tuple[Tensor, list[MDN]]] = {}
+        d = self.members[0].out_features
+        for kind in ("diagonal", "isotropic", "full"):
+            heads = [m for m in self.members if m.head.covariance_type == kind]
+            if not heads:
+                continue
+            parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+            offset = 0
+            for m in heads:
+                n = m.head.n_components
+                width = m.head.linear.out_features
+                parts[0].extend(range(offset, offset + n))
+                parts[1].extend(range(offset + n, offset + n + n * d))
+                parts[2].extend(range(offset + n + n * d, offset + width))
+                offset += width
+            device = self.members[0].x_loc.device
+            idx = torch.tensor(parts[0] + parts[1] + parts[2], device=device)
+            groups[kind] = (idx, heads)
+        self._group_cache = groups
+        return groups
+
+    def _padding(self) -> tuple[Tensor, tuple[int, int]]:
+        """Where each (head, component) sits among the grouped columns; ``(heads, n_max)``
+        with the padding pointing at the extra last column."""
+        cached = getattr(self, "_pad_cache", None)
+        if cached is not None:
+            return cached
+        columns: dict[int, list[int]] = {}
+        start = 0
+        for _, heads in self._groups().values():
+            for m in heads:
+                i = next(j for j, other in enumerate(self.members) if other is m)
+                columns[i] = list(range(start, start + m.head.n_components))
+                start += m.head.n_components
+        n_max = max(len(c) for c in columns.values())
+        flat = [c + [start] * (n_max - len(c)) for _, c in sorted(columns.items())]
+        device = self.members[0].x_loc.device
+        pad = torch.tensor([j for row in flat for j in row], device=device)
+        self._pad_cache = (pad, (len(self.members), n_max))
+        return self._pad_cache
+
+
+def choose(
+    per_row: Sequence[Tensor], candidates: Sequence[tuple[int, str]]
+) -> tuple[int, list[dict[str, Any]], str]:
+    """The one-standard-error rule on per-row validation NLLs (candidates simplest first):
+    the index chosen, a record per candidate and the reason."""
+    means = [float(r.mean()) for r in per_row]
+    best = min(range(len(means)), key=means.__getitem__)
+    n = len(per_row[best])
+    records: list[dict[str, Any]] = []
+    chosen = None
+    for i, ((k, cov), r) in enumerate(zip(candidates, per_row, strict=True)):
+        diff = r - per_row[best]
+        se = float(diff.std() / math.sqrt(n)) if n > 1 else math.inf
+        records.append(
+            {"n_components": k, "covariance_type": cov, "val_nll": means[i], "se_vs_best": se}
+        )
+        if chosen is None and means[i] - means[best] <= se:
+            chosen = i
+    assert chosen is not None  # the best itself qualifies
+    k, cov = candidates[chosen]
+    kb, covb = candidates[best]
+    if chosen == best:
+        reason = f"{k} {cov} component(s) had the lowest validation NLL ({means[best]:.4f})"
+    else:
+        reason = (
+            f"{k} {cov} component(s): the simplest candidate within one standard error of the "
+            f"best ({kb} {covb}: {means[best]:.4f}; this one {means[chosen]:.4f}, paired "
+            f"standard error {records[chosen]['se_vs_best']:.4f} over {n} validation rows)"
+        )
+    return chosen, records, reason
+
+
+def select_capacity(
+    model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any]
+) -> History:
+    """Train ``model`` with its capacity chosen from the data (see the module's docstring).
+
+    ``fit`` is :func:`torchmdn.fit` and ``kwargs`` its keyword arguments; the model ends in
+    the chosen candidate's best state, with ``auto_components``/``auto_covariance`` cleared.
+    """
+    from .distributed import torchrun_environment
+    from .streaming import TableSource
+
+    unsupported = (
+        "streamed data" if isinstance(x, TableSource)
+        else "resuming a checkpoint" if kwargs.get("resume") is not None
+        else "checkpoints" if kwargs.get("checkpoint") is not None
+        else "data parallel training" if kwargs.get("distributed") or torchrun_environment()
+        else None
+    )  # fmt: skip
+    if unsupported is not None:
+        k, cov = model.head.n_components, model.head.covariance_type
+        model.auto_components = model.auto_covariance = False
+        history = fit(model, x, y, **kwargs)
+        history.capacity = {
+            "tried": [],
+            "chosen": {"n_components": k, "covariance_type": cov},
+            "reason": f"automatic selection does not support {unsupported}: trained the "
+            f"fixed default ({k} {cov} components); pass n_components to choose",
+        }
+        return history
+
+    pairs = candidates(model)
+    ladder = Ladder(model, pairs)
+    ladder.to(next(model.parameters()))
+    best: list[tuple[float, dict[str, Tensor] | None, Tensor | None]] = [
+        (math.inf, None, None) for _ in pairs
+    ]
+    user_callback = kwargs.get("callback")
+
+    def keep_best(epoch: int, history: History) -> bool | None:
+        rec = ladder.recorder
+        if rec.source is not None and rec.rows[0]:
+            for i in range(len(pairs)):
+                rows = torch.cat(rec.rows[i])
+                value = float(rows.mean())
+                if value < best[i][0]:
+                    state = {
+                        n: t.detach().clone() for n, t in rec.source.members[i].state_dict().items()
+                    }
+                    best[i] = (value, state, rows)
+        rec.reset()
+        return user_callback(epoch, history) if user_callback is not None else None
+
+    history = fit(ladder, x, y, **{**kwargs, "callback": keep_best})
+    has_val = bool(history.val_nll)
+    if has_val and all(b[1] is not None for b in best):
+        idx, records, reason = choose([b[2] for b in best], pairs)  # type: ignore[misc]
+        state = best[idx][1]
+        history.best_val_nll = best[idx][0]
+    else:  # no validation rows: the training NLL cannot choose fairly
+        idx = 0
+        records = [{"n_components": k, "covariance_type": c} for k, c in pairs]
+        reason = "no validation rows to compare candidates on: chose the simplest"
+        state = ladder.members[0].state_dict()
+    k, cov = pairs[idx]
+    _install(model, k, cov, state)
+    history.capacity = {
+        "tried": records,
+        "chosen": {"n_components": k, "covariance_type": cov},
+        "reason": reason,
+    }
+    return history
+
+
+@torch.no_grad()
+def _install(model: MDN, k: int, cov: str, state: dict[str, Tensor]) -> None:
+    """Give ``model`` a head of ``k`` ``cov`` components and load ``state`` (a candidate's)."""
+    old = model.head
+    ref = next(old.parameters())
+    model.head = MDNHead(old.in_features, old.out_features, k, cov, old.min_scale).to(ref)
+    model.load_state_dict(state)
+    model.auto_components = model.auto_covariance = False
+    model.eval()

@@ -1,0 +1,142 @@
+"""n_components="auto": the candidates trained together, the choice, and what is reported."""
+
+import math
+
+import pytest
+import torch
+
+import torchmdn
+from torchmdn import MDN, fit
+from torchmdn.training.capacity import LADDER, Ladder, candidates, choose
+
+
+def _model(d=1, **kw):
+    """An MDN that chooses its capacity (unless ``kw`` fixes it)."""
+    kw = {"n_components": "auto", "covariance_type": "auto", **kw}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return MDN(1, d, hidden=(16,), **kw)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_all_heads_at_once_equal_each_head_alone(d):
+    x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
+    model = _model(d).double()
+    ladder = Ladder(model, candidates(model)).double()
+    ladder.standardize(x, y)
+    ladder.initialize(x, y)
+    first = ladder.members[0]
+    with torch.no_grad():
+        for m in ladder.members:  # features that matter: random head weights
+            m.head.linear.weight.normal_()
+        h = first.backbone((x - first.x_loc) / first.x_scale)
+        z = (y - first.y_loc) / first.y_scale
+        got = ladder.head_log_probs(h, z)
+        want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
+    assert got.shape == (40, len(ladder.members))
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    kinds = {m.head.covariance_type for m in ladder.members}
+    assert kinds == ({"diagonal"} if d == 1 else {"diagonal", "full"})
+
+
+def test_candidates_are_ordered_simplest_first():
+    assert [k for k, _ in candidates(_model())] == list(LADDER)
+    pairs = candidates(_model(2))
+    assert pairs[0] == (1, "diagonal") and pairs[-1] == (20, "full")
+    assert len(pairs) == 2 * len(LADDER)
+    fixed = _model(2, n_components=4)  # an explicit count: today's fixed diagonal model
+    assert not fixed.auto_covariance and fixed.head.covariance_type == "diagonal"
+    assert candidates(_model(2, covariance_type="full")) == [(k, "full") for k in LADDER]
+
+
+def test_one_standard_error_rule():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(200, generator=g, dtype=torch.float64)
+    pairs = [(1, "diagonal"), (3, "diagonal"), (8, "diagonal")]
+    # the richer models are better only by noise: the simplest is kept
+    noise = [0.3 * torch.randn(200, generator=g, dtype=torch.float64) for _ in range(2)]
+    noisy = [base + 0.01 + noise[0], base + noise[1], base]
+    idx, records, reason = choose(noisy, pairs)
+    assert idx == 0 and "within one standard error" in reason
+    assert [r["n_components"] for r in records] == [1, 3, 8]
+    # a clear gain (0.5 nats on every row) is taken
+    clear = [base + 0.5, base + 0.5, base]
+    idx, records, reason = choose(clear, pairs)
+    assert idx == 2 and records[2]["se_vs_best"] == 0.0 and "lowest" in reason
+
+
+def _bimodal(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=g) * 2 - 1
+    sign = torch.where(torch.rand(n, 1, generator=g) < 0.5, -1.0, 1.0)
+    return x, sign * (1 + x) + 0.1 * torch.randn(n, 1, generator=g)
+
+
+def test_auto_finds_two_branches_and_reports_the_choice():
+    x, y = _bimodal(600)
+    model = _model()
+    assert model.n_components == 5 and model.config()["n_components"] == "auto"
+    h = fit(model, x, y, max_epochs=40, random_state=0, progress=False)
+    assert model.n_components >= 2
+    assert model.config()["n_components"] == model.n_components == model.head.n_components
+    assert h.capacity["chosen"]["n_components"] == model.n_components
+    assert len(h.capacity["tried"]) == len(LADDER)
+    assert all(math.isfinite(r["val_nll"]) for r in h.capacity["tried"])
+    one = next(r for r in h.capacity["tried"] if r["n_components"] == 1)
+    assert one["val_nll"] > h.best_val_nll + 0.3  # one Gaussian cannot fit two branches
+    assert isinstance(h.capacity["reason"], str) and h.capacity["reason"]
+    # the installed model is the chosen candidate's best state: it scores what was recorded
+    assert not model.training
+
+
+def test_auto_keeps_one_gaussian_data_simple():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(150, 1, generator=g) * 2 - 1
+    y = 2 * x + 0.3 * torch.randn(150, 1, generator=g)
+    model = _model()
+    h = fit(model, x, y, max_epochs=30, random_state=0, progress=False)
+    assert model.n_components <= 2, h.capacity
+
+
+def test_an_explicit_count_keeps_todays_behaviour():
+    x, y = _bimodal(200)
+    model = _model(n_components=3)
+    h = fit(model, x, y, max_epochs=3, random_state=0, progress=False)
+    assert model.n_components == 3 and h.capacity == {}
+
+
+def test_auto_model_round_trips_through_save(tmp_path):
+    x, y = _bimodal(200)
+    model = _model()
+    fit(model, x, y, max_epochs=5, random_state=0, progress=False)
+    path = torchmdn.save(model, tmp_path / "m.safetensors")
+    loaded = torchmdn.load(path)
+    assert loaded.n_components == model.n_components
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_prob(x, y), model.log_prob(x, y))
+
+
+def test_without_validation_rows_the_simplest_is_chosen():
+    x, y = _bimodal(100)
+    model = _model()
+    h = fit(model, x, y, max_epochs=3, validation_fraction=0.0, random_state=0, progress=False)
+    assert model.n_components == 1 and "no validation rows" in h.capacity["reason"]
+
+
+def test_checkpoints_train_the_fixed_default(tmp_path):
+    x, y = _bimodal(100)
+    model = _model()
+    h = fit(model, x, y, max_epochs=2, checkpoint=tmp_path / "c.safetensors", progress=False)
+    assert model.n_components == 5 and "checkpoints" in h.capacity["reason"]
+
+
+def test_multi_column_target_chooses_a_covariance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, generator=g) * 2 - 1
+    t = torch.randn(300, 1, generator=g)
+    y = torch.cat([t, 0.9 * t + 0.1 * torch.randn(300, 1, generator=g)], 1) + x  # correlated
+    model = _model(2)
+    h = fit(model, x, y, max_epochs=15, random_state=0, progress=False)
+    assert model.head.covariance_type in ("diagonal", "full")
+    assert h.capacity["chosen"]["covariance_type"] == model.head.covariance_type
+    assert len(h.capacity["tried"]) == 2 * len(LADDER)
