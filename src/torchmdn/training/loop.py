@@ -226,10 +226,7 @@ class Run:
         self.best_state = _saved_state(path, self.model, tensors, "best")
         _load_opt_state(self.opt, _unflat("opt", tensors), state["opt_groups"])
         self.gen.set_state(tensors["rng"])
-        saved = state["history"]
-        self.history = History(
-            **{f.name: saved[f.name] for f in fields(History) if f.name in saved}
-        )
+        self.history = _saved_history(path, state["history"])
         self.step, self.start_epoch, self.since_best, self.lr_mult = (
             state[k] for k in ("step", "epoch", "since_best", "lr_mult")
         )
@@ -569,6 +566,36 @@ def _check_outcome(history: History, lr: float) -> None:
             RuntimeWarning,
             stacklevel=4,
         )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _saved_history(path: str | Path, saved: dict[str, Any]) -> History:
+    """The History a checkpoint holds, each field checked against its type (a damaged or
+    edited field is a ModelFileError, never a TypeError later)."""
+    defaults = History()
+    values = {}
+    for f in fields(History):
+        if f.name not in saved:
+            continue
+        value, default = saved[f.name], getattr(defaults, f.name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(_number(v) for v in value)
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict)
+        else:
+            ok = _number(value) and (not isinstance(default, int) or isinstance(value, int))
+        if not ok:
+            raise ModelFileError(
+                f"{path}: the checkpoint's history field {f.name!r} is {str(value)[:40]!r}; "
+                "the file is damaged"
+            )
+        values[f.name] = value
+    return History(**values)
 
 
 def _saved_state(
