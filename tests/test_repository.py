@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# a tracker reference: "issue 7", "issues 7", "issue #7", "(#12)"
+# a tracker reference: the word, an optional "#", a number; or a "(#12)"-style reference
 TRACKER = re.compile(r"\bissues? ?#?\d+\b|\(#\d+\)", re.IGNORECASE)
 PLACES = [
     "src",
@@ -30,8 +30,10 @@ def _files():
 
 
 def test_pattern_matches_what_it_should():
-    assert TRACKER.search("see issue 7") and TRACKER.search("Issue #12") and TRACKER.search("(#3)")
-    assert not TRACKER.search("an issue with 7 rows") and not TRACKER.search("tissue 7")
+    word = "iss" + "ue"  # spelled apart so that this file holds no reference itself
+    assert TRACKER.search(f"see {word} 7") and TRACKER.search(f"{word.title()} #12")
+    assert TRACKER.search("(#3)")
+    assert not TRACKER.search(f"an {word} with 7 rows") and not TRACKER.search(f"t{word} 7")
 
 
 def test_no_tracker_references():
@@ -39,6 +41,6 @@ def test_no_tracker_references():
         f"{f.relative_to(ROOT)}:{i}: {line.strip()}"
         for f in _files()
         for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1)
-        if TRACKER.search(line) and f.name != "test_repository.py"
+        if TRACKER.search(line)
     ]
     assert not found, "\n".join(found)
