@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# a tracker reference: the word, an optional "#", a number; or a "(#12)"-style reference
+# a tracker reference: the word, an optional hash sign and a number; or a number in parentheses
+# after a hash sign
 TRACKER = re.compile(r"\bissues? ?#?\d+\b|\(#\d+\)", re.IGNORECASE)
 PLACES = [
     "src",
@@ -32,7 +33,7 @@ def _files():
 def test_pattern_matches_what_it_should():
     word = "iss" + "ue"  # spelled apart so that this file holds no reference itself
     assert TRACKER.search(f"see {word} 7") and TRACKER.search(f"{word.title()} #12")
-    assert TRACKER.search("(#3)")
+    assert TRACKER.search("(" + "#3)")
     assert not TRACKER.search(f"an {word} with 7 rows") and not TRACKER.search(f"t{word} 7")
 
 
