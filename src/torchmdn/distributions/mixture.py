@@ -368,12 +368,7 @@ class GaussianMixture(Distribution):
         for float64 inputs), since autocast does not reach inside. ``value`` must end in the
         event shape ``(d,)`` (checked always).
         """
-        check_value_shape(self, value)
-        device_type = value.device.type if isinstance(value, Tensor) else "cpu"
-        if _autocast_on(device_type):
-            with torch.autocast(device_type, enabled=False):
-                return self._log_prob(value)
-        return self._log_prob(value)
+        return self._outside_autocast(self._log_prob, value)
 
     def _log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -399,12 +394,17 @@ class GaussianMixture(Distribution):
         posterior responsibility of each component for ``value``. Same dtype rule as
         :meth:`log_prob` (at least float32, autocast or not).
         """
+        return self._outside_autocast(self._joint_log_prob, value)
+
+    def _outside_autocast(self, density, value: Tensor) -> Tensor:
+        """``density(value)`` after the event-shape check, with autocast off (the dtype rule
+        of :meth:`log_prob` and :meth:`joint_log_prob`)."""
         check_value_shape(self, value)
         device_type = value.device.type if isinstance(value, Tensor) else "cpu"
         if _autocast_on(device_type):
             with torch.autocast(device_type, enabled=False):
-                return self._joint_log_prob(value)
-        return self._joint_log_prob(value)
+                return density(value)
+        return density(value)
 
     def _joint_log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
