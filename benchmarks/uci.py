@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault((name, method), {})[i] = out
             seconds[method] += elapsed
             bar.set_description(f"{name} split {i} {method}")
+            bar.write(f"{name} split {i} {method}: NLL {out[0]:.3f} RMSE {out[1]:.3f} "
+                      f"components {out[2]} ({elapsed:.1f} s)")  # fmt: skip
             bar.update(1)
     bar.close()
     total = time.perf_counter() - started

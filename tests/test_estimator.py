@@ -31,7 +31,13 @@ from torchmdn.errors import InputError  # noqa: E402
 SMALL = dict(n_components=2, hidden_layer_sizes=(32,), max_epochs=10, batch_size=16)
 
 
-@parametrize_with_checks([MDNRegressor(**SMALL, random_state=0)])
+@parametrize_with_checks(
+    [
+        MDNRegressor(**SMALL, random_state=0),
+        # the default capacity choice ("auto") through the same checks
+        MDNRegressor(**{**SMALL, "n_components": "auto"}, random_state=0),
+    ]
+)
 def test_sklearn_checks(estimator, check):
     check(estimator)
 

@@ -664,9 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
         "columns: unnamed, rownames, id, index, or the integers 0..N-1 / 1..N in order)",
     )
     f.add_argument(
-        "--components", type=_components, default=5,
-        help="mixture components, or 'auto': chosen from the data (a validation-likelihood "
-        "ladder; see torchmdn.training.capacity)",
+        "--components", type=_components, default="auto",
+        help="mixture components: 'auto' (default) chooses them from the data (a "
+        "validation-likelihood ladder; see torchmdn.training.capacity), an integer fixes them",
     )  # fmt: skip
     f.add_argument(
         "--covariance", choices=["auto", "diagonal", "isotropic", "full"], default="auto",

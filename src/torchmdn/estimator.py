@@ -67,14 +67,15 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         and a point between them scores thousands of nats.
 
     Args:
-        n_components: number of Gaussian components (default 5), or ``"auto"``: chosen from the
-            training rows by validation likelihood over 1, 2, 3, 5, 8, 12 and 20 components
-            trained together on one backbone, keeping the simplest within one standard error
-            of the best (:mod:`torchmdn.training.capacity`); ``n_components_`` says which.
-        covariance_type: ``"diag"`` (default), ``"spherical"``, ``"full"`` (scikit-learn's
-            names; only matter for multi-column targets) or ``"auto"``: with
-            ``n_components="auto"`` chosen with the component count for a multi-column y;
-            otherwise diagonal.
+        n_components: ``"auto"`` (default): chosen from the training rows by validation
+            likelihood over 1, 2, 3, 5, 8, 12 and 20 components (and 32 for a multi-column
+            y) trained together on one backbone, keeping the simplest within one standard
+            error of the best (:mod:`torchmdn.training.capacity`); ``n_components_`` says
+            which. An integer fixes the number of Gaussian components.
+        covariance_type: ``"auto"`` (default): with ``n_components="auto"`` chosen with the
+            component count for a multi-column y, otherwise diagonal; or ``"diag"``,
+            ``"spherical"``, ``"full"`` (scikit-learn's names; they only matter for
+            multi-column targets).
         hidden_layer_sizes: widths of the hidden layers of the MLP (one integer: one layer).
         activation: ``"silu"``, ``"relu"``, ``"tanh"`` or ``"gelu"``.
         min_scale: floor on component standard deviations, in standardised units of y.
@@ -139,8 +140,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components: int | str = 5,
-        covariance_type: str = "diag",
+        n_components: int | str = "auto",
+        covariance_type: str = "auto",
         hidden_layer_sizes: Sequence[int] = (128, 128),
         activation: str = "silu",
         min_scale: float = 1e-3,

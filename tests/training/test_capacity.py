@@ -7,7 +7,7 @@ import torch
 
 import torchmdn
 from torchmdn import MDN, fit
-from torchmdn.training.capacity import LADDER, Ladder, candidates, choose
+from torchmdn.training.capacity import LADDER, LADDER_EXTRA, Ladder, candidates, choose
 
 
 def _model(d=1, **kw):
@@ -22,7 +22,7 @@ def _model(d=1, **kw):
 def test_all_heads_at_once_equal_each_head_alone(d):
     x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
     model = _model(d).double()
-    ladder = Ladder(model, candidates(model)).double()
+    ladder = Ladder(model, candidates(model), seed=0).double()
     ladder.standardize(x, y)
     ladder.initialize(x, y)
     first = ladder.members[0]
@@ -41,28 +41,60 @@ def test_all_heads_at_once_equal_each_head_alone(d):
 
 def test_candidates_are_ordered_simplest_first():
     assert [k for k, _ in candidates(_model())] == list(LADDER)
-    pairs = candidates(_model(2))
-    assert pairs[0] == (1, "diagonal") and pairs[-1] == (20, "full")
-    assert len(pairs) == 2 * len(LADDER)
+    pairs = candidates(_model(2))  # a multi-column target also tries larger heads
+    assert pairs[0] == (1, "diagonal") and pairs[-1] == (LADDER_EXTRA[-1], "full")
+    assert len(pairs) == 2 * len(LADDER + LADDER_EXTRA)
     fixed = _model(2, n_components=4)  # an explicit count: today's fixed diagonal model
     assert not fixed.auto_covariance and fixed.head.covariance_type == "diagonal"
-    assert candidates(_model(2, covariance_type="full")) == [(k, "full") for k in LADDER]
+    assert candidates(_model(2, covariance_type="full")) == [
+        (k, "full") for k in LADDER + LADDER_EXTRA
+    ]
 
 
-def test_one_standard_error_rule():
+def test_the_defaults_choose_the_capacity():
+    assert MDN(1, 1).config()["n_components"] == "auto"
+    assert MDN(1, 2).auto_covariance and MDN(1, 2).config()["covariance_type"] == "auto"
+    assert torchmdn.MDNRegressor().get_params()["n_components"] == "auto"
+    from torchmdn.cli import build_parser
+
+    args = build_parser().parse_args(["fit", "data.csv", "--target", "y", "-o", "m.safetensors"])
+    assert args.components == "auto" and args.covariance == "auto"
+
+
+def test_the_choice_depends_on_random_state_only():
+    """The candidate heads' initial weights come from random_state, not the global RNG."""
+    x, y = _bimodal(200)
+    results = []
+    for global_seed in (1, 2):
+        with torch.random.fork_rng():
+            torch.manual_seed(global_seed)
+            model = _model()
+            h = fit(model, x, y, max_epochs=4, validation_fraction=0.2, random_state=7,
+                    progress=False)  # fmt: skip
+        results.append((h.capacity["tried"], model.state_dict()))
+    assert results[0][0] == results[1][0]
+    for name, t in results[0][1].items():
+        torch.testing.assert_close(t, results[1][1][name], rtol=0, atol=0, msg=name)
+
+
+def test_the_simplest_within_half_a_standard_error_is_kept():
     g = torch.Generator().manual_seed(0)
     base = torch.randn(200, generator=g, dtype=torch.float64)
-    pairs = [(1, "diagonal"), (3, "diagonal"), (8, "diagonal")]
-    # the richer models are better only by noise: the simplest is kept
-    noise = [0.3 * torch.randn(200, generator=g, dtype=torch.float64) for _ in range(2)]
-    noisy = [base + 0.01 + noise[0], base + noise[1], base]
-    idx, records, reason = choose(noisy, pairs)
-    assert idx == 0 and "within one standard error" in reason
-    assert [r["n_components"] for r in records] == [1, 3, 8]
+    pairs = [(1, "diagonal"), (3, "diagonal")]
+    noise = 0.3 * torch.randn(200, generator=g, dtype=torch.float64)
+    noise -= noise.mean()
+    se = float(noise.std() / 200**0.5)  # the paired standard error of either shift below
+    # worse than the best by noise only (0.4 standard errors): the simpler is kept
+    idx, records, reason = choose([base + noise + 0.4 * se, base], pairs)
+    assert idx == 0 and "within 0.5 paired standard error(s)" in reason
+    assert [r["n_components"] for r in records] == [1, 3]
+    assert records[0]["se_vs_best"] == pytest.approx(se)
+    # worse by 0.7 standard errors: the better one is taken
+    idx, _, reason = choose([base + noise + 0.7 * se, base], pairs)
+    assert idx == 1 and "lowest" in reason
     # a clear gain (0.5 nats on every row) is taken
-    clear = [base + 0.5, base + 0.5, base]
-    idx, records, reason = choose(clear, pairs)
-    assert idx == 2 and records[2]["se_vs_best"] == 0.0 and "lowest" in reason
+    idx, records, reason = choose([base + 0.5, base], pairs)
+    assert idx == 1 and records[1]["se_vs_best"] == 0.0
 
 
 def _bimodal(n, seed=0):
@@ -94,7 +126,7 @@ def test_auto_keeps_one_gaussian_data_simple():
     x = torch.rand(150, 1, generator=g) * 2 - 1
     y = 2 * x + 0.3 * torch.randn(150, 1, generator=g)
     model = _model()
-    h = fit(model, x, y, max_epochs=30, random_state=0, progress=False)
+    h = fit(model, x, y, max_epochs=30, validation_fraction=0.2, random_state=0, progress=False)
     assert model.n_components <= 2, h.capacity
 
 
@@ -108,7 +140,7 @@ def test_an_explicit_count_keeps_todays_behaviour():
 def test_auto_model_round_trips_through_save(tmp_path):
     x, y = _bimodal(200)
     model = _model()
-    fit(model, x, y, max_epochs=5, random_state=0, progress=False)
+    fit(model, x, y, max_epochs=5, validation_fraction=0.2, random_state=0, progress=False)
     path = torchmdn.save(model, tmp_path / "m.safetensors")
     loaded = torchmdn.load(path)
     assert loaded.n_components == model.n_components
@@ -139,4 +171,34 @@ def test_multi_column_target_chooses_a_covariance():
     h = fit(model, x, y, max_epochs=15, random_state=0, progress=False)
     assert model.head.covariance_type in ("diagonal", "full")
     assert h.capacity["chosen"]["covariance_type"] == model.head.covariance_type
-    assert len(h.capacity["tried"]) == 2 * len(LADDER)
+    assert len(h.capacity["tried"]) == 2 * len(LADDER + LADDER_EXTRA)
+
+
+def test_small_data_is_cross_validated():
+    """Under 30 validation rows the choice pools five folds' held-out rows."""
+    x, y = _bimodal(120)  # 12 validation rows: too few for one split
+    model = _model()
+    seen = []
+    h = fit(model, x, y, max_epochs=20, random_state=0, progress=False,
+            callback=lambda epoch, history: seen.append(epoch))  # fmt: skip
+    assert "5-fold cross-validation over 120 rows" in h.capacity["reason"]
+    assert model.n_components == h.capacity["chosen"]["n_components"]
+    assert len(h.capacity["tried"]) == len(LADDER)
+    # the chosen size was then trained on the data as a fixed model: the history is its own
+    assert h.epochs == len(seen) and h.best_val_nll < math.inf
+    # two branches, 120 rows: one Gaussian is clearly worse on the pooled held-out rows
+    one = next(r for r in h.capacity["tried"] if r["n_components"] == 1)
+    best = min(r["val_nll"] for r in h.capacity["tried"])
+    assert model.n_components >= 2 and one["val_nll"] > best + 0.1
+    with torch.no_grad():
+        assert torch.isfinite(model.log_prob(x, y)).all()
+
+
+def test_tiny_data_does_not_chase_two_validation_rows():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(20, 2, generator=g) * 4 - 2
+    y = x[:, :1] + 0.3 * torch.randn(20, 1, generator=g)
+    model = MDN(2, 1, hidden=(16,))  # the defaults: capacity chosen from the data
+    h = fit(model, x, y, max_epochs=30, random_state=0, progress=False)
+    assert "cross-validation over 20 rows" in h.capacity["reason"]
+    assert model.n_components <= 2, h.capacity

@@ -297,14 +297,15 @@ class MDN(nn.Module):
     Args:
         in_features: number of input features.
         out_features: dimension of the target ``y``.
-        n_components: number of mixture components (default 5), or ``"auto"``: chosen from
-            the training data by :func:`torchmdn.fit` (see :mod:`torchmdn.training.capacity`);
-            until then the head has 5 components. ``model.n_components`` says how many.
+        n_components: ``"auto"`` (default): the number of mixture components is chosen from
+            the training data by :func:`torchmdn.fit` (see :mod:`torchmdn.training.capacity`;
+            until then the head has 5 components); or an integer, which fixes it.
+            ``model.n_components`` says how many.
         hidden: widths of the hidden layers.
-        covariance_type: ``"diagonal"`` (default), ``"isotropic"``, ``"full"`` or ``"auto"``:
-            with ``n_components="auto"`` and a target of d > 1 columns, diagonal or full is
-            chosen from the data with the component count (diagonal until then); otherwise
-            diagonal.
+        covariance_type: ``"auto"`` (default): with ``n_components="auto"`` and a target of
+            d > 1 columns, diagonal or full is chosen from the data with the component count
+            (diagonal until then), otherwise diagonal; or ``"diagonal"``, ``"isotropic"``,
+            ``"full"``.
         activation: ``"tanh"``, ``"relu"``, ``"silu"`` or ``"gelu"``.
         min_scale: floor on the standard deviations, in standardised units of y.
         target_resolution: the resolution ``h`` at which y is recorded (a number or one per
@@ -328,9 +329,9 @@ class MDN(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        n_components: int | str = 5,
+        n_components: int | str = "auto",
         hidden: Sequence[int] = (128, 128),
-        covariance_type: str = "diagonal",
+        covariance_type: str = "auto",
         activation: str = "silu",
         min_scale: float = 1e-3,
         target_resolution: str | float | Sequence[float] | None = "auto",

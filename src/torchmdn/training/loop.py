@@ -476,7 +476,7 @@ class Run:
             )
         self.model.load_state_dict(self.good["model"])
         self.ema_model.load_state_dict(self.good["ema"])
-        self.opt.load_state_dict(self.good["opt"])
+        self.opt.load_state_dict(_copy_optimizer_state(self.good["opt"]))  # keep it intact
         self.lr_mult *= 0.5
         history.rollbacks += 1
         self.bad_in_a_row = 0
@@ -486,7 +486,7 @@ class Run:
         return {
             "model": _copy_state(self.model),
             "ema": _copy_state(self.ema_model),
-            "opt": copy.deepcopy(self.opt.state_dict()),
+            "opt": _copy_optimizer_state(self.opt),
         }
 
     def watch_collapse(self, epoch: int) -> None:
@@ -674,10 +674,30 @@ def _compiled_loss(net: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor,
 
 
 def _copy_state(model: nn.Module) -> dict[str, Tensor]:
-    """A copy of ``model.state_dict()`` (a clone per tensor: 4x cheaper than ``deepcopy``)."""
+    """A copy of ``model.state_dict()`` (a clone per tensor: 4x cheaper than ``deepcopy``); a
+    tensor that several entries share (a module used twice) is cloned once."""
+    clones: dict[tuple, Tensor] = {}
+    out: dict[str, Any] = {}
+    for k, v in model.state_dict().items():
+        if isinstance(v, Tensor):
+            key = (v.data_ptr(), v.dtype, v.shape, v.stride(), v.device)
+            out[k] = clones.setdefault(key, v.detach().clone()) if v.numel() else v.clone()
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _copy_optimizer_state(opt: torch.optim.Optimizer | dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``opt.state_dict()`` (or of such a dict): its tensors cloned, the rest
+    deep-copied (several times cheaper than ``deepcopy`` of the whole, which the guard takes
+    every epoch)."""
+    state = opt if isinstance(opt, dict) else opt.state_dict()
     return {
-        k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
-        for k, v in model.state_dict().items()
+        "state": {
+            i: {n: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for n, v in s.items()}
+            for i, s in state["state"].items()
+        },
+        "param_groups": copy.deepcopy(state["param_groups"]),
     }
 
 
