@@ -312,7 +312,8 @@ def select_capacity(
     """Train ``model`` with its capacity chosen from the data (see the module's docstring).
 
     ``fit`` is :func:`torchmdn.fit` and ``kwargs`` its keyword arguments; the model ends in
-    the chosen candidate's best state, with ``auto_components``/``auto_covariance`` cleared.
+    the chosen candidate's best state (or, after cross-validation, trained at the chosen size
+    alone), with ``auto_components``/``auto_covariance`` cleared.
     """
     from .distributed import torchrun_environment
     from .streaming import TableSource
@@ -357,10 +358,10 @@ def select_capacity(
         idx, records, reason = choose([b[2] for b in best], pairs)  # type: ignore[misc]
         state = best[idx][1]
         history.best_val_nll = best[idx][0]
-    else:  # no validation rows: the training NLL cannot choose fairly
+    else:  # a candidate never scored a finite validation NLL: nothing to compare
         idx = 0
         records = [{"n_components": k, "covariance_type": c} for k, c in pairs]
-        reason = "no validation rows to compare candidates on: chose the simplest"
+        reason = "not every candidate scored a finite validation NLL: trained the simplest"
         state = None
     k, cov = pairs[idx]
     if state is None:
