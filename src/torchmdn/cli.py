@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,17 +242,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _components(text: str) -> int | str:
-    """``--components``: ``auto`` or a positive integer."""
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1; got {text!r}")
-    return value
+def _auto_or_integer(minimum: int) -> Callable[[str], int | str]:
+    """An argparse type: ``auto`` or an integer >= ``minimum`` (``--components``,
+    ``--patience``)."""
+
+    def parse(text: str) -> int | str:
+        if text == "auto":
+            return text
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected 'auto' or an integer >= {minimum}; got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -611,20 +618,6 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _patience(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'auto' or an integer >= 0; got {text!r}"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0; got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="torchmdn", description="Mixture density networks.")
@@ -664,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         "columns: unnamed, rownames, id, index, or the integers 0..N-1 / 1..N in order)",
     )
     f.add_argument(
-        "--components", type=_components, default="auto",
+        "--components", type=_auto_or_integer(1), default="auto",
         help="mixture components: 'auto' (default) chooses them from the data (a "
         "validation-likelihood ladder; see torchmdn.training.capacity), an integer fixes them",
     )  # fmt: skip
@@ -678,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimiser steps (default: clip(2.5 N, 3000, 20000) for N training rows)")  # fmt: skip
     f.add_argument("--epochs", type=int,
                    help="passes over the data, instead of --steps (default: steps / steps per epoch)")  # fmt: skip
-    f.add_argument("--patience", type=_patience, default="auto",
+    f.add_argument("--patience", type=_auto_or_integer(0), default="auto",
                    help="stop after this many epochs without a better validation NLL; 'auto': "
                         "clip(20%% of the epochs, 20, 100); 0: never stop early")  # fmt: skip
     f.add_argument(
