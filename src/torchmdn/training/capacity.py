@@ -37,6 +37,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -328,28 +329,22 @@ def select_capacity(
     if unsupported is not None:
         k, cov = model.head.n_components, model.head.covariance_type
         model.auto_components = model.auto_covariance = False
-        history = fit(model, x, y, **kwargs)
-        history.capacity = {
-            "tried": [],
-            "chosen": {"n_components": k, "covariance_type": cov},
-            "reason": f"automatic selection does not support {unsupported}: trained the "
-            f"fixed default ({k} {cov} components); pass n_components to choose",
-        }
-        return history
+        reason = (
+            f"automatic selection does not support {unsupported}: trained the fixed default "
+            f"({k} {cov} components); pass n_components to choose"
+        )
+        return _report(fit(model, x, y, **kwargs), [], k, cov, reason)
 
     seed = torch.Generator().seed() if kwargs.get("random_state") is None else kwargs["random_state"]
     kwargs = {**kwargs, "random_state": int(seed)}
     pairs = candidates(model)
     if kwargs.get("validation_data") is None and float(kwargs["validation_fraction"]) <= 0:
-        _restart(model, 1, pairs[0][1], int(seed))  # nothing to compare candidates on
-        history = fit(model, x, y, **kwargs)
-        history.capacity = {
-            "tried": [],
-            "chosen": {"n_components": 1, "covariance_type": pairs[0][1]},
-            "reason": "no validation rows to compare candidates on: trained the simplest "
-            "(one component); pass n_components to choose",
-        }
-        return history
+        history = _train_fixed(model, 1, pairs[0][1], x, y, fit, kwargs)
+        reason = (
+            "no validation rows to compare candidates on: trained the simplest (one "
+            "component); pass n_components to choose"
+        )
+        return _report(history, [], 1, pairs[0][1], reason)
     folds = _folds(x, kwargs)
     if folds is not None:  # too few validation rows to choose on: cross-validate
         return _cross_validated(model, x, y, fit, kwargs, pairs, folds)
@@ -365,16 +360,10 @@ def select_capacity(
         state = None
     k, cov = pairs[idx]
     if state is None:
-        _restart(model, k, cov, int(seed))
-        history = fit(model, x, y, **kwargs)
+        history = _train_fixed(model, k, cov, x, y, fit, kwargs)
     else:
         _install(model, k, cov, state)
-    history.capacity = {
-        "tried": records,
-        "chosen": {"n_components": k, "covariance_type": cov},
-        "reason": reason,
-    }
-    return history
+    return _report(history, records, k, cov, reason)
 
 
 #: with fewer validation rows than this, the capacity is chosen by cross-validation
@@ -440,8 +429,6 @@ def _rows(a: Any, idx: Tensor) -> Any:
     """Rows ``idx`` of a tensor or an array-like (pandas, NumPy, nested lists)."""
     if isinstance(a, Tensor):
         return a[idx.to(a.device)]
-    import numpy as np
-
     return np.asarray(a)[idx.numpy()]
 
 
@@ -464,27 +451,37 @@ def _cross_validated(
             per_row[i].append(b[2] if b[2] is not None else torch.full((len(held),), math.inf))
     idx, records, reason = choose([torch.cat(r) for r in per_row], pairs)
     k, cov = pairs[idx]
-    _restart(model, k, cov, int(kwargs["random_state"]))
-    history = fit(model, x, y, **kwargs)  # the chosen size on every row, as a fixed model
+    history = _train_fixed(model, k, cov, x, y, fit, kwargs)  # the chosen size, every row
+    return _report(history, records, k, cov, f"{CV_FOLDS}-fold cross-validation over {len(x)} "
+                   f"rows: {reason}")  # fmt: skip
+
+
+def _report(
+    history: History, tried: list[dict[str, Any]], k: int, cov: str, reason: str
+) -> History:
+    """Record in ``history`` what was tried, what was chosen and why; returns ``history``."""
     history.capacity = {
-        "tried": records,
+        "tried": tried,
         "chosen": {"n_components": k, "covariance_type": cov},
-        "reason": f"{CV_FOLDS}-fold cross-validation over {len(x)} rows: {reason}",
+        "reason": reason,
     }
     return history
 
 
-@torch.no_grad()
-def _restart(model: MDN, k: int, cov: str, seed: int) -> None:
-    """Make ``model`` a fresh, untrained MDN with ``k`` ``cov`` components (weights drawn from
-    ``seed``, normalisers unset) for ``fit`` to train like any fixed-size model."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+def _train_fixed(
+    model: MDN, k: int, cov: str, x: Any, y: Any, fit: Callable[..., History],
+    kwargs: dict[str, Any],
+) -> History:
+    """Make ``model`` a fresh MDN with ``k`` ``cov`` components (weights drawn from
+    ``random_state``, normalisers unset) and train it like any fixed-size model."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(kwargs["random_state"]))
         fresh = MDN(**{**model.config(), "n_components": k, "covariance_type": cov})
-    model.head = fresh.head
-    model.load_state_dict(fresh.state_dict())
-    model.to(next(model.backbone.parameters()))
+        model.head = fresh.head
+        model.load_state_dict(fresh.state_dict())
+        model.to(next(model.backbone.parameters()))
     model.auto_components = model.auto_covariance = False
+    return fit(model, x, y, **kwargs)
 
 
 @torch.no_grad()
