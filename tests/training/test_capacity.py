@@ -80,14 +80,14 @@ def test_the_choice_depends_on_random_state_only():
 def test_the_simplest_within_half_a_standard_error_is_kept():
     g = torch.Generator().manual_seed(0)
     base = torch.randn(200, generator=g, dtype=torch.float64)
-    pairs = [(1, "diagonal"), (3, "diagonal")]
+    pairs = [(2, "diagonal"), (3, "diagonal")]
     noise = 0.3 * torch.randn(200, generator=g, dtype=torch.float64)
     noise -= noise.mean()
     se = float(noise.std() / 200**0.5)  # the paired standard error of either shift below
     # worse than the best by noise only (0.4 standard errors): the simpler is kept
     idx, records, reason = choose([base + noise + 0.4 * se, base], pairs)
     assert idx == 0 and "within 0.5 paired standard error(s)" in reason
-    assert [r["n_components"] for r in records] == [1, 3]
+    assert [r["n_components"] for r in records] == [2, 3]
     assert records[0]["se_vs_best"] == pytest.approx(se)
     # worse by 0.7 standard errors: the better one is taken
     idx, _, reason = choose([base + noise + 0.7 * se, base], pairs)
@@ -95,6 +95,24 @@ def test_the_simplest_within_half_a_standard_error_is_kept():
     # a clear gain (0.5 nats on every row) is taken
     idx, records, reason = choose([base + 0.5, base], pairs)
     assert idx == 1 and records[1]["se_vs_best"] == 0.0
+
+
+def test_one_component_is_chosen_only_when_it_is_the_best():
+    g = torch.Generator().manual_seed(1)
+    best = torch.randn(200, generator=g, dtype=torch.float64)
+    noise = 0.3 * torch.randn(200, generator=g, dtype=torch.float64)
+    noise -= noise.mean()
+    se = float(noise.std() / 200**0.5)
+    pairs = [(1, "diagonal"), (2, "diagonal"), (5, "diagonal")]
+    # one and two components both within noise of five: two is kept, not one
+    idx, _, reason = choose([best + noise + 0.2 * se, best + noise + 0.3 * se, best], pairs)
+    assert idx == 1 and "simplest mixture within" in reason
+    # one component best of all: chosen
+    idx, _, reason = choose([best, best + noise + 0.2 * se, best + 0.1], pairs)
+    assert idx == 0 and "lowest" in reason
+    # with one candidate of more components beside one, the better one of the two wins
+    idx, _, _ = choose([best + noise + 0.2 * se, best], pairs[::2])
+    assert idx == 1
 
 
 def _bimodal(n, seed=0):
