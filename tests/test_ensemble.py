@@ -118,3 +118,19 @@ def test_n_estimators_and_n_jobs_are_checked():
         torchmdn.MDNRegressor(n_estimators=0).fit(X, y)
     with pytest.raises(InputError, match="n_jobs"):
         torchmdn.MDNRegressor(n_jobs=0).fit(X, y)
+
+
+def _ensemble_in_a_worker(_: int) -> int:
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (60, 1))
+    reg = torchmdn.MDNRegressor(n_estimators=2, n_jobs=2, n_components=1, hidden_layer_sizes=(8,),
+                                max_epochs=2, random_state=0).fit(X, X[:, 0])  # fmt: skip
+    return reg.n_components_
+
+
+def test_an_ensemble_fits_inside_a_process_pool_worker():
+    # a pool's worker is a daemon and may not start processes: the members train one by one
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.map(_ensemble_in_a_worker, [0]) == [2]

@@ -376,8 +376,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         ]
         jobs = self.n_jobs if self.n_jobs is not None else _free_cpus()
         jobs = min(jobs, self.n_estimators) if str(self.device).startswith("cpu") else 1
+        import multiprocessing
+
+        if multiprocessing.current_process().daemon:  # a pool's worker may not start processes
+            jobs = 1
         if jobs > 1:
-            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             ctx = multiprocessing.get_context("spawn")
