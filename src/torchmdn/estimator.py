@@ -69,9 +69,10 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     Args:
         n_components: ``"auto"`` (default): chosen from the training rows by validation
             likelihood over 1, 2, 3, 5, 8, 12 and 20 components (and 32 for a multi-column
-            y) trained together on one backbone, keeping the simplest within one standard
-            error of the best (:mod:`torchmdn.training.capacity`); ``n_components_`` says
-            which. An integer fixes the number of Gaussian components.
+            y) trained together on one backbone, keeping the simplest within half a paired
+            standard error of the best, one component only when it is the best
+            (:mod:`torchmdn.training.capacity`); ``n_components_`` says which. An integer
+            fixes the number of Gaussian components.
         covariance_type: ``"auto"`` (default): with ``n_components="auto"`` chosen with the
             component count for a multi-column y, otherwise diagonal; or ``"diag"``,
             ``"spherical"``, ``"full"`` (scikit-learn's names; they only matter for
