@@ -476,7 +476,7 @@ def _cross_validated(
             epochs[i].append(b.epoch)
     idx, records, reason = choose([torch.cat(r) for r in per_row], pairs)
     k, cov = pairs[idx]
-    stop_after = int(np.median(epochs[idx])) + 1
+    stop_after = max(1, int(np.median(epochs[idx])) + 1)
     user_callback = kwargs.get("callback")
 
     def stop(epoch: int, history: History) -> bool:
