@@ -129,6 +129,35 @@ def test_fit_writes_a_loadable_model(tmp_path, data, capsys):
     assert m.metadata["trained_on"] == str(data)
 
 
+def test_fit_an_ensemble_and_use_it(tmp_path, data, capsys):
+    out = tmp_path / "e.safetensors"
+    assert main(["fit", str(data), "--target", "y", *FIT, "--ensemble", "3", "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "model 3 of 3: trained 3 epochs" in stdout and "6 components in all" in stdout
+    ens = torchmdn.load(out)
+    assert type(ens).__name__ == "Ensemble" and ens.n_components == 6
+    assert ens.feature_names == ["x1", "x2", "z"] and ens.metadata["rows"] == ROWS
+    # the members are the single models of seeds 0, 1, 2, averaged exactly
+    singles = []
+    for seed in range(3):
+        path = tmp_path / f"s{seed}.safetensors"
+        assert main(["fit", str(data), "--target", "y", *FIT, "--seed", str(seed),
+                     "-o", str(path)]) == 0  # fmt: skip
+        singles.append(torchmdn.load(path))
+    x, y = torch.randn(5, 3), torch.randn(5, 1)
+    with torch.no_grad():
+        expected = torch.logsumexp(torch.stack([m.log_prob(x, y) for m in singles]), 0)
+        torch.testing.assert_close(ens.log_prob(x, y), expected - math.log(3))
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(data)]) == 0
+    assert re.search(r"mean NLL \S+ nats over 60 rows", capsys.readouterr().out)
+    assert main(["predict", str(out), str(data), "--quantiles", "0.1,0.9"]) == 0
+    header, rows = _read_text(capsys.readouterr().out)
+    assert len(rows) == ROWS and header == ["y_mean", "y_std", "y_q10", "y_q90"], header
+    _one_error_line(capsys, main(["fit", str(data), "--target", "y", "--ensemble", "0",
+                                  "-o", str(tmp_path / "z.safetensors")]), "fit", "--ensemble")  # fmt: skip
+
+
 def test_fit_is_reproducible_with_the_same_seed(tmp_path, data):
     paths = []
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):

@@ -80,6 +80,17 @@ def test_a_diagonal_head_turns_into_an_equal_full_one():
         torch.testing.assert_close(m.log_prob(x, y), before)
 
 
+def test_diagonal_and_full_members_combine_as_full():
+    (a,), x, y = _members(2, counts=(2,))
+    (b,), _, _ = _members(2, "full", counts=(3,))
+    with torch.no_grad():
+        expected = torch.logsumexp(torch.stack([a.log_prob(x, y), b.log_prob(x, y)]), 0)
+        ens = ensemble([a, b])
+        assert ens(x).covariance_type == "full" and ens.n_components == 5
+        torch.testing.assert_close(ens.log_prob(x, y), expected - math.log(2))
+    assert a.head.covariance_type == "diagonal"  # the model passed in is not changed
+
+
 def test_export_program_of_an_ensemble():
     from torchmdn.export import export_program
 

@@ -335,40 +335,55 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if not isinstance(data[0], TableSource):
         data = tuple(t.to(device) for t in data)
     hidden = _widths(args.hidden)
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(args.seed)
-        model = MDN(
-            len(features),
-            len(targets),
-            n_components=args.components,
-            hidden=hidden,
-            covariance_type=args.covariance,
-            feature_names=features,
-            target_names=targets,
+    if args.ensemble < 1:
+        raise InputError(f"--ensemble must be the number of models to train, >= 1; got {args.ensemble}")
+    models = []
+    for member in range(args.ensemble):
+        seed = args.seed + member
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            model = MDN(
+                len(features),
+                len(targets),
+                n_components=args.components,
+                hidden=hidden,
+                covariance_type=args.covariance,
+                feature_names=features,
+                target_names=targets,
+            )
+        history = fit(
+            model.to(device),
+            *data,
+            max_epochs=args.epochs,
+            max_steps=args.steps,
+            patience=None if args.patience == 0 else args.patience,
+            batch_size=args.batch_size,
+            validation_fraction=args.validation_fraction,
+            random_state=seed,
+            progress=not args.quiet,
         )
-    history = fit(
-        model.to(device),
-        *data,
-        max_epochs=args.epochs,
-        max_steps=args.steps,
-        patience=None if args.patience == 0 else args.patience,
-        batch_size=args.batch_size,
-        validation_fraction=args.validation_fraction,
-        random_state=args.seed,
-        progress=not args.quiet,
-    )
+        models.append(model)
+        val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
+        stop = " (stopped early)" if history.stopped_early else ""
+        which = f"model {member + 1} of {args.ensemble}: " if args.ensemble > 1 else ""
+        say(
+            f"{which}trained {history.epochs} epochs{stop} in {history.time_s:.1f} s{val}; "
+            f"best epoch {history.best_epoch + 1}"
+        )
+        if history.capacity:
+            say(f"components: {history.capacity['reason']}")
     if launched_rank() != 0:  # under torchrun, rank 0 alone writes and reports
         return 0
     trained_on = ",".join(str(p) for p in args.data)
-    _save_or_rescue(model, args.output, {"trained_on": trained_on, "rows": rows})
-    val = f", validation NLL {history.best_val_nll:.4f}" if history.val_nll else ""
-    stop = " (stopped early)" if history.stopped_early else ""
-    print(
-        f"trained {history.epochs} epochs{stop} in {history.time_s:.1f} s{val}; "
-        f"best epoch {history.best_epoch + 1}; wrote {args.output}"
-    )
-    if history.capacity:
-        print(f"components: {history.capacity['reason']}")
+    if len(models) > 1:
+        from .ensemble import ensemble
+
+        out = ensemble(models)
+        print(f"ensemble of {len(models)} models, {out.n_components} components in all")
+    else:
+        out = models[0]
+    _save_or_rescue(out, args.output, {"trained_on": trained_on, "rows": rows})
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -402,7 +417,8 @@ def _load_with_data(args: argparse.Namespace):
             f"{args.data} lacks {missing} (its columns: {table.header}). Rename the columns "
             "to match, or train a model on these columns"
         )
-    x = _in_dtype(columns(table, features), model.x_loc.dtype, args.data).to(model.x_loc.device)
+    ref = next(model.parameters())  # an MDN's or an ensemble's: dtype and device
+    x = _in_dtype(columns(table, features), ref.dtype, args.data).to(ref.device)
     return model, table, x
 
 
@@ -666,6 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="covariance of each component (matters for several targets); 'auto' (default): "
         "chosen from the data with --components auto",
     )  # fmt: skip
+    f.add_argument("--ensemble", type=int, default=1, metavar="M",
+                   help="train M models (seeds SEED..SEED+M-1) and save their average, one "
+                        "mixture with every member's components (default 1; 5 was better "
+                        "than one model on every UCI split we measured, at 5x the time)")  # fmt: skip
     f.add_argument("--hidden", default="128,128", help="hidden layer widths, comma-separated")
     f.add_argument("--steps", type=int,
                    help="optimiser steps (default: clip(2.5 N, 3000, 20000) for N training rows)")  # fmt: skip

@@ -10,6 +10,7 @@ and every query (quantiles, intervals, modes, sampling), :func:`torchmdn.save` /
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -114,7 +115,15 @@ def combine(mixtures: Sequence[GaussianMixture]) -> GaussianMixture:
 
 def ensemble(models: Sequence[nn.Module]) -> Ensemble:
     """An :class:`Ensemble` of trained ``models``: ``forward(x)`` is one GaussianMixture with
-    every member's components, weights divided by ``len(models)`` (exact)."""
+    every member's components, weights divided by ``len(models)`` (exact).
+
+    Members with diagonal and members with full covariances (``covariance_type="auto"`` may
+    choose either) are combined as full ones: copies of the diagonal members are turned into
+    equal full ones with :func:`full_covariance`; the models passed in are not changed.
+    """
+    if isinstance(models, Sequence) and {_covariance(m) for m in models} == {"diagonal", "full"}:
+        models = [full_covariance(copy.deepcopy(m)) if _covariance(m) == "diagonal" else m
+                  for m in models]  # fmt: skip
     return Ensemble(models)
 
 

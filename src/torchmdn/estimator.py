@@ -368,7 +368,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     def _fit_ensemble(self, X: np.ndarray, y: np.ndarray, seed: int) -> MDNRegressor:
         """Fit ``n_estimators`` members (seeds drawn from ``seed``), in worker processes when
         more than one CPU is free, and keep their :func:`torchmdn.ensemble`."""
-        from .ensemble import ensemble, full_covariance
+        from .ensemble import ensemble
 
         seeds = np.random.RandomState(seed).randint(np.iinfo(np.int32).max, size=self.n_estimators)
         members = [
@@ -390,12 +390,10 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         else:
             members = [m.fit(X, y) for m in members]
         models = [m.model_ for m in members]
-        if len({m.head.covariance_type for m in models}) > 1:  # auto chose differently: make all full
-            models = [full_covariance(m) for m in models]
-        self.model_ = ensemble(models).eval()
+        self.model_ = ensemble(models).eval()  # diagonal and full members combine as full
         self.history_ = [m.history_ for m in members]
         self.n_components_ = self.model_.n_components
-        kind = models[0].head.covariance_type
+        kind = self.model_.members[0].head.covariance_type
         self.covariance_type_ = {v: k for k, v in _COVARIANCES.items()}[kind]
         return self
 
