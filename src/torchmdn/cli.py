@@ -281,6 +281,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         check_output(args.output, inputs=args.data)
     if not 0 <= args.validation_fraction < 1:
         raise InputError(f"--validation-fraction must be in [0, 1); got {args.validation_fraction}")
+    if args.ensemble < 1:
+        raise InputError(f"--ensemble is the number of models to train (>= 1); got {args.ensemble}")
     parquet = any(Path(p).suffix.lower() in (".parquet", ".pq") for p in args.data)
     if args.stream or parquet or len(args.data) > 1:
         features = _split_names(args.features) if args.features else None
@@ -334,9 +336,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if not isinstance(data[0], TableSource):
         data = tuple(t.to(device) for t in data)
-    hidden = _widths(args.hidden)
-    if args.ensemble < 1:
-        raise InputError(f"--ensemble must be the number of models to train, >= 1; got {args.ensemble}")
     models = []
     for member in range(args.ensemble):
         seed = args.seed + member
