@@ -230,6 +230,25 @@ def test_repeated_failures_roll_back_lower_the_lr_then_name_the_parameter_block(
     assert "roll-backs" in str(err.value)
 
 
+def test_the_guard_copies_its_good_state_every_16_steps_not_every_short_epoch(monkeypatch):
+    from torchmdn.training import loop
+
+    x, y = small_data()  # 270 training rows
+    taken: list[int] = []
+    real = loop.Run.snapshot
+
+    def counting(self):
+        taken.append(self.step)
+        return real(self)
+
+    monkeypatch.setattr(loop.Run, "snapshot", counting)
+    fit(small_model(), x, y, max_epochs=20, batch_size=135, progress=False, random_state=0)
+    assert taken == [0, 16, 32]  # 2 steps per epoch: every 8th epoch
+    taken.clear()
+    fit(small_model(), x, y, max_epochs=3, batch_size=16, progress=False, random_state=0)
+    assert taken == [0, 17, 34, 51]  # 17 steps per epoch: every epoch
+
+
 def test_rollback_halves_the_learning_rate():
     x, y = small_data()
     model = small_model()
