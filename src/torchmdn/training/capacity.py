@@ -438,10 +438,9 @@ def _folds(x: Any, kwargs: dict[str, Any]) -> list[Tensor] | None:
     """The cross-validation folds (row indices) when the validation split would hold fewer
     than :data:`MIN_VALIDATION_ROWS` rows (and the data allow it), else ``None``."""
     n = len(x)
-    fraction = float(kwargs.get("validation_fraction", 0.1))
-    if kwargs.get("validation_data") is not None or fraction <= 0:
+    if kwargs.get("validation_data") is not None:
         return None
-    if round(fraction * n) >= MIN_VALIDATION_ROWS or n < 2 * CV_FOLDS:
+    if round(float(kwargs["validation_fraction"]) * n) >= MIN_VALIDATION_ROWS or n < 2 * CV_FOLDS:
         return None
     g = torch.Generator().manual_seed(int(kwargs["random_state"]))
     return list(torch.randperm(n, generator=g).tensor_split(CV_FOLDS))

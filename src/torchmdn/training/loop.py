@@ -686,8 +686,13 @@ def _copy_state(model: nn.Module) -> dict[str, Tensor]:
     out: dict[str, Any] = {}
     for k, v in model.state_dict().items():
         if isinstance(v, Tensor):
+            if not v.numel():
+                out[k] = v.clone()
+                continue
             key = (v.data_ptr(), v.dtype, v.shape, v.stride(), v.device)
-            out[k] = clones.setdefault(key, v.detach().clone()) if v.numel() else v.clone()
+            if key not in clones:  # cloned once, however many entries share it
+                clones[key] = v.detach().clone()
+            out[k] = clones[key]
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -695,8 +700,8 @@ def _copy_state(model: nn.Module) -> dict[str, Tensor]:
 
 def _copy_optimizer_state(opt: torch.optim.Optimizer | dict[str, Any]) -> dict[str, Any]:
     """A copy of ``opt.state_dict()`` (or of such a dict): its tensors cloned, the rest
-    deep-copied (several times cheaper than ``deepcopy`` of the whole, which the guard takes
-    every epoch)."""
+    deep-copied (several times cheaper than ``deepcopy`` of the whole, which the guard would
+    take at every snapshot)."""
     state = opt if isinstance(opt, dict) else opt.state_dict()
     return {
         "state": {
