@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import torchmdn
 from torchmdn import MDN, fit
-from torchmdn.cli import columns, read_csv
+from torchmdn.cli.tables import columns, read_csv
 from torchmdn.errors import TorchMDNError
 from torchmdn.io import load_checkpoint, save_checkpoint
 from torchmdn.training.streaming import TableSource

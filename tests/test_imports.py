@@ -91,7 +91,7 @@ def test_graph_sees_known_edges():
     graph = _graph()
     assert "torchmdn.distributions.queries" in graph["torchmdn.metrics"]
     assert "torchmdn.ops.fused" in graph["torchmdn.distributions.mixture"]
-    assert "torchmdn.apps.bishop" in graph["torchmdn.cli"]  # the lazy demo import
+    assert "torchmdn.apps.bishop" in graph["torchmdn.cli.parser"]  # the lazy demo import
 
 
 def test_cycle_detector_finds_a_cycle():
