@@ -73,8 +73,9 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             standard error of the best, one component only when it is the best
             (:mod:`torchmdn.training.capacity`); ``n_components_`` says which. An integer
             fixes the number of Gaussian components.
-        covariance_type: ``"auto"`` (default): with ``n_components="auto"`` chosen with the
-            component count for a multi-column y, otherwise diagonal; or ``"diag"``,
+        covariance_type: ``"auto"`` (default): with ``n_components="auto"`` and a
+            multi-column y, full for 2-3 columns, from 4 chosen with the component count;
+            otherwise diagonal; or ``"diag"``,
             ``"spherical"``, ``"full"`` (scikit-learn's names; they only matter for
             multi-column targets).
         hidden_layer_sizes: widths of the hidden layers of the MLP (one integer: one layer).

@@ -8,7 +8,14 @@ import torch
 
 import torchmdn
 from torchmdn import MDN, fit
-from torchmdn.training.capacity import LADDER, LADDER_EXTRA, Ladder, candidates, choose
+from torchmdn.training.capacity import (
+    FULL_ONLY_UP_TO,
+    LADDER,
+    LADDER_EXTRA,
+    Ladder,
+    candidates,
+    choose,
+)
 
 
 def _model(d=1, **kw):
@@ -19,7 +26,7 @@ def _model(d=1, **kw):
         return MDN(1, d, hidden=(16,), **kw)
 
 
-@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("d", [1, 3, 4])
 def test_all_heads_at_once_equal_each_head_alone(d):
     x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
     model = _model(d).double()
@@ -37,12 +44,15 @@ def test_all_heads_at_once_equal_each_head_alone(d):
     assert got.shape == (40, len(ladder.members))
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     kinds = {m.head.covariance_type for m in ladder.members}
-    assert kinds == ({"diagonal"} if d == 1 else {"diagonal", "full"})
+    assert kinds == {1: {"diagonal"}, 3: {"full"}, 4: {"diagonal", "full"}}[d]
 
 
 def test_candidates_are_ordered_simplest_first():
     assert [k for k, _ in candidates(_model())] == list(LADDER)
-    pairs = candidates(_model(2))  # a multi-column target also tries larger heads
+    # a multi-column target also tries larger heads; up to FULL_ONLY_UP_TO columns with full
+    # covariances only, beyond that each count both diagonal and full
+    assert candidates(_model(FULL_ONLY_UP_TO)) == [(k, "full") for k in LADDER + LADDER_EXTRA]
+    pairs = candidates(_model(FULL_ONLY_UP_TO + 1))
     assert pairs[0] == (1, "diagonal") and pairs[-1] == (LADDER_EXTRA[-1], "full")
     assert len(pairs) == 2 * len(LADDER + LADDER_EXTRA)
     fixed = _model(2, n_components=4)  # an explicit count: today's fixed diagonal model
@@ -181,16 +191,23 @@ def test_checkpoints_train_the_fixed_default(tmp_path):
     assert model.n_components == 5 and "checkpoints" in h.capacity["reason"]
 
 
-def test_multi_column_target_chooses_a_covariance():
+@pytest.mark.parametrize("d", [2, 4])
+def test_multi_column_target_chooses_a_covariance(d):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(300, 1, generator=g) * 2 - 1
     t = torch.randn(300, 1, generator=g)
-    y = torch.cat([t, 0.9 * t + 0.1 * torch.randn(300, 1, generator=g)], 1) + x  # correlated
-    model = _model(2)
+    noise = 0.1 * torch.randn(300, d - 1, generator=g)
+    y = torch.cat([t, 0.9 * t + noise], 1) + x  # correlated columns
+    model = _model(d)
     h = fit(model, x, y, max_epochs=15, random_state=0, progress=False)
-    assert model.head.covariance_type in ("diagonal", "full")
+    kinds = {r["covariance_type"] for r in h.capacity["tried"]}
+    if d <= FULL_ONLY_UP_TO:  # a diagonal head saves too few outputs to be worth trying
+        assert kinds == {"full"} and model.head.covariance_type == "full"
+        assert len(h.capacity["tried"]) == len(LADDER + LADDER_EXTRA)
+    else:
+        assert kinds == {"diagonal", "full"}
+        assert len(h.capacity["tried"]) == 2 * len(LADDER + LADDER_EXTRA)
     assert h.capacity["chosen"]["covariance_type"] == model.head.covariance_type
-    assert len(h.capacity["tried"]) == 2 * len(LADDER + LADDER_EXTRA)
 
 
 def test_small_data_is_cross_validated():

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--covariance", choices=["auto", "diagonal", "isotropic", "full"], default="auto",
         help="covariance of each component (matters for several targets); 'auto' (default): "
-        "chosen from the data with --components auto",
+        "with --components auto, full for 2-3 targets, chosen from the data from 4",
     )  # fmt: skip
     f.add_argument("--ensemble", type=int, default=1, metavar="M",
                    help="train M models (seeds SEED..SEED+M-1) and save their average, one "

@@ -303,9 +303,9 @@ class MDN(nn.Module):
             ``model.n_components`` says how many.
         hidden: widths of the hidden layers.
         covariance_type: ``"auto"`` (default): with ``n_components="auto"`` and a target of
-            d > 1 columns, diagonal or full is chosen from the data with the component count
-            (diagonal until then), otherwise diagonal; or ``"diagonal"``, ``"isotropic"``,
-            ``"full"``.
+            d > 1 columns, full (d <= 3) or, from d = 4, diagonal or full chosen from the data
+            with the component count (diagonal until fit); otherwise diagonal; or
+            ``"diagonal"``, ``"isotropic"``, ``"full"``.
         activation: ``"tanh"``, ``"relu"``, ``"silu"`` or ``"gelu"``.
         min_scale: floor on the standard deviations, in standardised units of y.
         target_resolution: the resolution ``h`` at which y is recorded (a number or one per

@@ -2,10 +2,11 @@
 
 ``MDN(n_components="auto")`` (the default) is trained by :func:`~torchmdn.fit` as a *ladder*:
 one shared backbone with one mixture head per candidate (1, 2, 3, 5, 8, 12 and 20
-components, and 32 for a target of d > 1 dimensions; with ``covariance_type="auto"`` each
-count both diagonal and full), trained together on the mean of their NLLs. One step costs
-about 1.5-2x one model's (the heads are one matrix product and one padded log-sum-exp); the
-heads' initial weights come from ``random_state`` like everything else. After every epoch
+components, and 32 for a target of d > 1 dimensions; with ``covariance_type="auto"`` full
+covariances for 2 or 3 target columns, from 4 columns each count both diagonal and full),
+trained together on the mean of their NLLs. An epoch costs 1.2-2.2x one model's on the
+UCI sets (the heads are one matrix product and one padded log-sum-exp); the heads' initial
+weights come from ``random_state`` like everything else. After every epoch
 each head's validation NLL is recorded and the state (backbone and head) of its best epoch
 kept. Then the candidates are ranked by validation NLL and the *simplest* one (fewest head
 outputs) whose NLL is within half a paired standard error of the best is chosen (a
@@ -54,8 +55,8 @@ from .length import plan
 from .loop import History
 
 __all__ = [
-    "CV_FOLDS", "LADDER", "LADDER_EXTRA", "MIN_VALIDATION_ROWS", "TOLERANCE_SE", "Ladder",
-    "candidates", "choose", "select_capacity", "wants_selection",
+    "CV_FOLDS", "FULL_ONLY_UP_TO", "LADDER", "LADDER_EXTRA", "MIN_VALIDATION_ROWS",
+    "TOLERANCE_SE", "Ladder", "candidates", "choose", "select_capacity", "wants_selection",
 ]  # fmt: skip
 
 #: component counts tried by ``n_components="auto"``
@@ -63,6 +64,15 @@ LADDER = (1, 2, 3, 5, 8, 12, 20)
 #: tried in addition for a target of d > 1 columns (a density spread along a curve or surface
 #: needs more components: on a 2-d ring 20 full components were still the best of the ladder)
 LADDER_EXTRA = (32,)
+
+
+#: with ``covariance_type="auto"`` a target of up to this many columns gets full covariances
+#: only: a diagonal component saves just d(d-1)/2 of its 2d+1 or more outputs (one of six
+#: for d = 2), yet on few validation rows the diagonal heads of the 2-d ring were chosen
+#: where every full head was better (recorded ladders, 300 rows, 3 seeds: 0.81 and 0.61
+#: installed, 0.42 and 0.50 for the full-only choice; benchmarks/RESULTS.md). From four
+#: columns, where a full component has 1.7x the outputs and more, both are tried.
+FULL_ONLY_UP_TO = 3
 
 
 def wants_selection(model: nn.Module) -> bool:
@@ -79,7 +89,7 @@ def candidates(model: MDN) -> list[tuple[int, str]]:
         model.head.n_components,
     )
     if model.auto_covariance:
-        kinds: Sequence[str] = ("diagonal", "full")
+        kinds: Sequence[str] = ("full",) if d <= FULL_ONLY_UP_TO else ("diagonal", "full")
     else:
         kinds = (model.head.covariance_type,)
     per = {"diagonal": 2 * d + 1, "isotropic": d + 2, "full": d + d * (d + 1) // 2 + 1}
