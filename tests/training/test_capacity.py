@@ -26,8 +26,13 @@ def _model(d=1, **kw):
         return MDN(1, d, hidden=(16,), **kw)
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("d", [1, 3, 4])
-def test_all_heads_at_once_equal_each_head_alone(d):
+def test_all_heads_at_once_equal_each_head_alone(d, padded, monkeypatch):
+    """Values and gradients, whichever way the heads are evaluated (several target columns
+    on the CPU: each head by the compiled kernel where it is available; else padded)."""
+    if padded:
+        monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
     x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
     model = _model(d).double()
     ladder = Ladder(model, candidates(model), seed=0).double()
@@ -45,6 +50,13 @@ def test_all_heads_at_once_equal_each_head_alone(d):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     kinds = {m.head.covariance_type for m in ladder.members}
     assert kinds == {1: {"diagonal"}, 3: {"full"}, 4: {"diagonal", "full"}}[d]
+    h.requires_grad_(True)
+    params = [h, *(p for m in ladder.members for p in m.head.parameters())]
+    got_grads = torch.autograd.grad(ladder.head_log_probs(h, z).square().sum(), params)
+    each = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
+    want_grads = torch.autograd.grad(each.square().sum(), params)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-8)
 
 
 def test_candidates_are_ordered_simplest_first():
