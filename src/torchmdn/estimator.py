@@ -75,9 +75,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             fixes the number of Gaussian components.
         covariance_type: ``"auto"`` (default): with ``n_components="auto"`` and a
             multi-column y, full for 2-3 columns, from 4 chosen with the component count;
-            otherwise diagonal; or ``"diag"``,
-            ``"spherical"``, ``"full"`` (scikit-learn's names; they only matter for
-            multi-column targets).
+            otherwise diagonal; or ``"diag"``, ``"spherical"``, ``"full"`` (scikit-learn's
+            names; they only matter for multi-column targets).
         hidden_layer_sizes: widths of the hidden layers of the MLP (one integer: one layer).
         activation: ``"silu"``, ``"relu"``, ``"tanh"`` or ``"gelu"``.
         min_scale: floor on component standard deviations, in standardised units of y.
