@@ -253,3 +253,30 @@ def test_tiny_data_does_not_chase_two_validation_rows():
     h = fit(model, x, y, max_epochs=30, random_state=0, progress=False)
     assert "cross-validation over 20 rows" in h.capacity["reason"]
     assert model.n_components <= 2, h.capacity
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_the_ladder_on_each_device(device, d):
+    """The heads evaluated together equal each head alone on the device (the CPU evaluates
+    each head by the kernel for several columns, CUDA pads them), and a default fit chooses
+    and installs a head there."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, generator=g) * 2 - 1
+    y = torch.cat([torch.sin(3 * x), x**2], 1)[:, :d] + 0.1 * torch.randn(300, d, generator=g)
+    x, y = x.to(device), y.to(device)
+    model = _model(d).to(device)
+    ladder = Ladder(model, candidates(model), seed=0).to(device)
+    ladder.standardize(x, y)
+    ladder.initialize(x, y)
+    first = ladder.members[0]
+    with torch.no_grad():
+        h = first.backbone((x - first.x_loc) / first.x_scale)
+        z = (y - first.y_loc) / first.y_scale
+        got = ladder.head_log_probs(h, z)
+        want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
+    assert got.device.type == device.type
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    h = fit(model, x, y, max_epochs=4, random_state=0, progress=False)
+    assert all(p.device.type == device.type for p in model.parameters())
+    assert model.n_components == h.capacity["chosen"]["n_components"]
+    assert all(math.isfinite(r["val_nll"]) for r in h.capacity["tried"])
