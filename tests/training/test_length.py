@@ -10,7 +10,7 @@ import torch
 
 from torchmdn import MDN, fit
 from torchmdn.errors import InputError
-from torchmdn.training.length import default_steps, plan
+from torchmdn.training.length import default_steps, plan, validation_rows
 
 
 def test_steps_scale_with_the_data_between_a_floor_and_a_cap():
@@ -100,3 +100,10 @@ def test_fit_takes_any_real_dtype_and_pandas_without_torch_warnings():
         assert model(x.double()).mean.dtype == torch.float32
         assert model.log_prob(x.double(), y.double()).dtype == torch.float32
         torch.testing.assert_close(model.log_prob(x.double(), y.double()), model.log_prob(x, y))
+
+
+def test_validation_rows_rounds_the_share():
+    """The one split-size rule: fit holds out this many rows, and the capacity choice asks it
+    whether one split would hold the 25 rows it needs (else it cross-validates)."""
+    assert [validation_rows(n, 0.1) for n in (9, 120, 249, 250, 1000)] == [1, 12, 25, 25, 100]
+    assert validation_rows(500, 0.0) == 0

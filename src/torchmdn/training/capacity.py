@@ -54,7 +54,7 @@ from ..distributions.mixture import GaussianMixture
 from ..nn.mdn import MDN, MDNHead
 from ..ops import fused, kernel
 from ..ops.layout import HEAD_KINDS, unpack_precision
-from .length import plan
+from .length import plan, validation_rows
 from .loop import History
 
 __all__ = [
@@ -484,7 +484,8 @@ def _folds(x: Any, kwargs: dict[str, Any]) -> list[Tensor] | None:
     n = len(x)
     if kwargs.get("validation_data") is not None:
         return None
-    if round(float(kwargs["validation_fraction"]) * n) >= MIN_VALIDATION_ROWS or n < 2 * CV_FOLDS:
+    held = validation_rows(n, float(kwargs["validation_fraction"]))
+    if held >= MIN_VALIDATION_ROWS or n < 2 * CV_FOLDS:
         return None
     g = torch.Generator().manual_seed(int(kwargs["random_state"]))
     return list(torch.randperm(n, generator=g).tensor_split(CV_FOLDS))

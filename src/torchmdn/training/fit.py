@@ -34,6 +34,7 @@ from ..errors import InputError, ModelFileError, TorchMDNError
 from .capacity import select_capacity, wants_selection
 from .distributed import Group, local_slice, process_group
 from .length import plan as plan_epochs
+from .length import validation_rows
 from .loop import PRECISIONS, History, Run, Settings
 from .protocol import ConditionalDensity, TrainableMixture
 from .streaming import Scan, TableSource
@@ -463,7 +464,7 @@ class _InMemory:
             self.x, self.y, self.rows = x, y, torch.arange(len(x), device=device)
             self.validation = validation
         else:
-            n_val = int(round(fraction * len(x)))
+            n_val = validation_rows(len(x), fraction)
             if fraction > 0 and (n_val < 1 or n_val >= len(x)):
                 raise InputError(
                     f"validation_fraction={fraction} of {len(x)} rows leaves an empty "

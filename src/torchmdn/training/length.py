@@ -27,7 +27,7 @@ import math
 from .._checks import integer
 from ..errors import InputError
 
-__all__ = ["DEFAULT_STEPS", "MAX_DEFAULT_STEPS", "default_steps", "plan"]
+__all__ = ["DEFAULT_STEPS", "MAX_DEFAULT_STEPS", "default_steps", "plan", "validation_rows"]
 
 DEFAULT_STEPS = 3000  #: the step budget for data sets of up to 1200 training rows
 MAX_DEFAULT_STEPS = 20_000  #: the largest budget the default rule gives
@@ -38,6 +38,12 @@ _PATIENCE_SHARE, _MIN_PATIENCE, _MAX_PATIENCE = 0.2, 20, 100
 def default_steps(n_train: int) -> int:
     """Optimiser steps for ``n_train`` training rows: ``clip(2.5 n_train, 3000, 20000)``."""
     return int(min(MAX_DEFAULT_STEPS, max(DEFAULT_STEPS, round(_STEPS_PER_ROW * n_train))))
+
+
+def validation_rows(n: int, fraction: float) -> int:
+    """How many of ``n`` rows a validation split of ``fraction`` holds: ``round(fraction n)``
+    (the rule ``fit`` splits by, and the capacity choice asks before it does)."""
+    return int(round(fraction * n))
 
 
 def plan(
