@@ -12,7 +12,6 @@ from torchmdn.training.capacity import (
     FULL_ONLY_UP_TO,
     LADDER,
     LADDER_EXTRA,
-    Ladder,
     candidates,
     choose,
 )
@@ -24,39 +23,6 @@ def _model(d=1, **kw):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return MDN(1, d, hidden=(16,), **kw)
-
-
-@pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("d", [1, 3, 4])
-def test_all_heads_at_once_equal_each_head_alone(d, padded, monkeypatch):
-    """Values and gradients, whichever way the heads are evaluated (several target columns
-    on the CPU: each head by the compiled kernel where it is available; else padded)."""
-    if padded:
-        monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
-    x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
-    model = _model(d).double()
-    ladder = Ladder(model, candidates(model), seed=0).double()
-    ladder.standardize(x, y)
-    ladder.initialize(x, y)
-    first = ladder.members[0]
-    with torch.no_grad():
-        for m in ladder.members:  # features that matter: random head weights
-            m.head.linear.weight.normal_()
-        h = first.backbone((x - first.x_loc) / first.x_scale)
-        z = (y - first.y_loc) / first.y_scale
-        got = ladder.head_log_probs(h, z)
-        want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
-    assert got.shape == (40, len(ladder.members))
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
-    kinds = {m.head.covariance_type for m in ladder.members}
-    assert kinds == {1: {"diagonal"}, 3: {"full"}, 4: {"diagonal", "full"}}[d]
-    h.requires_grad_(True)
-    params = [h, *(p for m in ladder.members for p in m.head.parameters())]
-    got_grads = torch.autograd.grad(ladder.head_log_probs(h, z).square().sum(), params)
-    each = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
-    want_grads = torch.autograd.grad(each.square().sum(), params)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-8)
 
 
 def test_candidates_are_ordered_simplest_first():
@@ -253,30 +219,3 @@ def test_tiny_data_does_not_chase_two_validation_rows():
     h = fit(model, x, y, max_epochs=30, random_state=0, progress=False)
     assert "cross-validation over 20 rows" in h.capacity["reason"]
     assert model.n_components <= 2, h.capacity
-
-
-@pytest.mark.parametrize("d", [1, 2])
-def test_the_ladder_on_each_device(device, d):
-    """The heads evaluated together equal each head alone on the device (the CPU evaluates
-    each head by the kernel for several columns, CUDA pads them), and a default fit chooses
-    and installs a head there."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(300, 1, generator=g) * 2 - 1
-    y = torch.cat([torch.sin(3 * x), x**2], 1)[:, :d] + 0.1 * torch.randn(300, d, generator=g)
-    x, y = x.to(device), y.to(device)
-    model = _model(d).to(device)
-    ladder = Ladder(model, candidates(model), seed=0).to(device)
-    ladder.standardize(x, y)
-    ladder.initialize(x, y)
-    first = ladder.members[0]
-    with torch.no_grad():
-        h = first.backbone((x - first.x_loc) / first.x_scale)
-        z = (y - first.y_loc) / first.y_scale
-        got = ladder.head_log_probs(h, z)
-        want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
-    assert got.device.type == device.type
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    h = fit(model, x, y, max_epochs=4, random_state=0, progress=False)
-    assert all(p.device.type == device.type for p in model.parameters())
-    assert model.n_components == h.capacity["chosen"]["n_components"]
-    assert all(math.isfinite(r["val_nll"]) for r in h.capacity["tried"])

@@ -1,0 +1,243 @@
+"""The capacity ladder: candidate mixture heads of several sizes on one shared backbone,
+trained together (see :mod:`torchmdn.training.capacity`, which chooses among them).
+
+``Ladder.log_prob`` is the mean of the heads' log-likelihoods, so one training run fits every
+head; when the training loop scores the validation rows each head's per-row values are
+recorded. The heads are evaluated together: their linear layers as one matrix product and
+their mixtures as one padded log-sum-exp, or, for a target of several columns on the CPU,
+each head alone by the compiled kernel (padding full heads to the largest evaluated three
+times the components).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._math import LOG_2PI
+from ..distributions.covariance import at_least_float32
+from ..distributions.mixture import GaussianMixture
+from ..nn.mdn import MDN, MDNHead
+from ..ops import fused, kernel
+from ..ops.layout import HEAD_KINDS, unpack_precision
+
+__all__ = ["Ladder"]
+
+
+class _Recorder:
+    """Per-head validation NLL of the epoch being scored; shared by a module and its copies
+    (the training loop's moving average of the weights is a deep copy: scored, not trained)."""
+
+    def __init__(self, n_heads: int) -> None:
+        self.n_heads = n_heads
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[list[Tensor]] = [[] for _ in range(self.n_heads)]
+        self.source: Ladder | None = None
+
+    def __deepcopy__(self, memo: dict) -> _Recorder:
+        return self
+
+
+class Ladder(nn.Module):
+    """Candidate MDNs sharing one backbone (and the normalisers): ``log_prob`` is the mean of
+    their log-likelihoods, so one training run fits every head."""
+
+    def __init__(self, model: MDN, candidates: Sequence[tuple[int, str]], seed: int) -> None:
+        super().__init__()
+        self.candidates = list(candidates)
+        cfg = model.config()
+        members = []
+        with torch.random.fork_rng(devices=[]):  # the heads' initial weights come from seed
+            torch.manual_seed(seed)
+            heads = [MDN(**{**cfg, "n_components": k, "covariance_type": cov})
+                     for k, cov in self.candidates]  # fmt: skip
+        for m in heads:
+            m.load_state_dict(
+                {n: t for n, t in model.state_dict().items() if not n.startswith("head.")},
+                strict=False,
+            )
+            members.append(m)
+        self.backbone = copy.deepcopy(model.backbone)  # registered once, here
+        for m in members:  # shared by every member, but not registered in each: the state
+            del m._modules["backbone"]  # (copied every epoch) holds one backbone, not one each
+            object.__setattr__(m, "backbone", self.backbone)
+        self.members = nn.ModuleList(members)
+        self.recorder = _Recorder(len(members))
+
+    @property
+    def standardized(self) -> Tensor:
+        """Whether the normalisers are set (the training loop asks)."""
+        return self.members[0].standardized
+
+    @property
+    def x_scale(self) -> Tensor:
+        """The shared input scales."""
+        return self.members[0].x_scale
+
+    @property
+    def y_scale(self) -> Tensor:
+        """The shared target scales."""
+        return self.members[0].y_scale
+
+    @property
+    def head(self) -> MDNHead:
+        """The largest candidate's head (what the loop's component tracking looks at)."""
+        return self.members[-1].head
+
+    def mixture_and_target(self, x: Tensor, y: Tensor) -> tuple[GaussianMixture, Tensor]:
+        """The largest candidate's mixture and the standardised targets (component tracking)."""
+        return self.members[-1].mixture_and_target(x, y)
+
+    @torch.no_grad()
+    def standardize(self, x: Tensor, y: Tensor) -> Ladder:
+        """Set every member's normalisers (and grid floor) from the training rows."""
+        self.members[0].standardize(x, y)
+        state = {n: t for n, t in self.members[0].state_dict().items() if not n.startswith("head.")}
+        for m in self.members[1:]:
+            m.load_state_dict(state, strict=False)
+            m.head.scale_floor.copy_(self.members[0].head.scale_floor)
+        return self
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Ladder:
+        """Start every head at the unconditional mixture fit of ``y`` with its component count."""
+        for m in self.members:
+            m.initialize(x, y, generator)
+        return self
+
+    def forward(self, x: Tensor):
+        """The largest candidate's mixture (for the loop's diagnostics)."""
+        return self.members[-1](x)
+
+    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean over the heads of ``log p(y | x)``; when scoring (eval mode, no gradient)
+        each head's per-row values are recorded for the choice."""
+        first = self.members[0]
+        h = first.backbone((first._check_x(x) - first.x_loc) / first.x_scale)
+        z = (first._check_y(y) - first.y_loc) / first.y_scale
+        lps = self.head_log_probs(h, z) - first.y_scale.log().sum()  # (rows, heads)
+        if not self.training and not torch.is_grad_enabled():
+            for i in range(len(self.members)):
+                self.recorder.rows[i].append(-lps[:, i].detach().double().cpu())
+            self.recorder.source = self
+        return lps.mean(-1)
+
+    def head_log_probs(self, h: Tensor, z: Tensor) -> Tensor:
+        """``log p(z | h)`` under every head at once, ``(rows, heads)``: the heads' linear
+        layers as one matrix product and their mixtures as one padded log-sum-exp; for a
+        target of several columns on the CPU, each head by the compiled kernel instead
+        (:meth:`each_head_log_prob`)."""
+        d = z.shape[-1]
+        if d > 1 and h.device.type == "cpu" and kernel.available():
+            return self.each_head_log_prob(h, z)
+        floor = self.members[0].head.scale_floor
+        logits_all, comp_all = [], []
+        for kind, (idx, heads) in self._groups().items():
+            weight = torch.cat([m.head.linear.weight for m in heads])
+            bias = torch.cat([m.head.linear.bias for m in heads])
+            out = torch.nn.functional.linear(h, weight, bias).index_select(-1, idx)
+            n = sum(m.head.n_components for m in heads)
+            logits, loc, raw = out.split([n, n * d, out.shape[-1] - n - n * d], dim=-1)
+            diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d))
+            if kind == "diagonal":
+                scale = F.softplus(raw.unflatten(-1, (n, d))) + floor
+                comp = -0.5 * (diff / scale).square().sum(-1) - scale.log().sum(-1)
+            elif kind == "isotropic":
+                scale = F.softplus(raw) + floor.max()
+                comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
+            else:
+                prec = unpack_precision(raw.unflatten(-1, (n, -1)), floor)
+                white = (prec @ diff.unsqueeze(-1)).squeeze(-1)
+                comp = prec.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * white.square().sum(-1)
+            logits_all.append(logits)
+            comp_all.append(comp)
+        logits = torch.cat([*logits_all, torch.full_like(comp_all[0][:, :1], -math.inf)], -1)
+        comp = torch.cat([*comp_all, torch.zeros_like(comp_all[0][:, :1])], -1)
+        pad, shape = self._padding()
+        logits = logits.index_select(-1, pad).unflatten(-1, shape)
+        comp = comp.index_select(-1, pad).unflatten(-1, shape)
+        lp = torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1)
+        return lp - 0.5 * d * LOG_2PI
+
+    def each_head_log_prob(self, h: Tensor, z: Tensor) -> Tensor:
+        """:meth:`head_log_probs` with each head's mixture evaluated alone, on its columns of
+        the one matrix product (see :func:`torchmdn.ops.fused.head_log_prob`). Padding full
+        heads to the largest (32 components) evaluates three times the components: at batch
+        128 a step of the 2- and 3-column ladders took 4.0 and 4.9 ms this way against 6.2
+        and 7.5 padded; for one column the two are as fast (2.4 and 2.6 ms), and on CUDA
+        the compiled path would compile once per head size."""
+        heads = [m.head for m in self.members]
+        weight = torch.cat([hd.linear.weight for hd in heads])
+        bias = torch.cat([hd.linear.bias for hd in heads])
+        out, z = at_least_float32(F.linear(h, weight, bias), z)  # under autocast too
+        floor = heads[0].scale_floor
+        return torch.stack(
+            [
+                fused.head_log_prob(
+                    part,
+                    floor if hd.covariance_type != "isotropic" else floor.max()[None],
+                    HEAD_KINDS[hd.covariance_type],
+                    hd.n_components,
+                    z,
+                )
+                for part, hd in zip(
+                    out.split([hd.linear.out_features for hd in heads], -1), heads, strict=True
+                )
+            ],
+            -1,
+        )
+
+    def _groups(self) -> dict[str, tuple[Tensor, list[MDN]]]:
+        """Members by covariance kind, each with the permutation that takes their stacked
+        head outputs to ``[all logits | all means | all scale parameters]``."""
+        cached = getattr(self, "_group_cache", None)
+        if cached is not None:
+            return cached
+        groups: dict[str, tuple[Tensor, list[MDN]]] = {}
+        d = self.members[0].out_features
+        for kind in ("diagonal", "isotropic", "full"):
+            heads = [m for m in self.members if m.head.covariance_type == kind]
+            if not heads:
+                continue
+            parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+            offset = 0
+            for m in heads:
+                n = m.head.n_components
+                width = m.head.linear.out_features
+                parts[0].extend(range(offset, offset + n))
+                parts[1].extend(range(offset + n, offset + n + n * d))
+                parts[2].extend(range(offset + n + n * d, offset + width))
+                offset += width
+            device = self.members[0].x_loc.device
+            idx = torch.tensor(parts[0] + parts[1] + parts[2], device=device)
+            groups[kind] = (idx, heads)
+        self._group_cache = groups
+        return groups
+
+    def _padding(self) -> tuple[Tensor, tuple[int, int]]:
+        """Where each (head, component) sits among the grouped columns; ``(heads, n_max)``
+        with the padding pointing at the extra last column."""
+        cached = getattr(self, "_pad_cache", None)
+        if cached is not None:
+            return cached
+        columns: dict[int, list[int]] = {}
+        start = 0
+        for _, heads in self._groups().values():
+            for m in heads:
+                i = next(j for j, other in enumerate(self.members) if other is m)
+                columns[i] = list(range(start, start + m.head.n_components))
+                start += m.head.n_components
+        n_max = max(len(c) for c in columns.values())
+        flat = [c + [start] * (n_max - len(c)) for _, c in sorted(columns.items())]
+        device = self.members[0].x_loc.device
+        pad = torch.tensor([j for row in flat for j in row], device=device)
+        self._pad_cache = (pad, (len(self.members), n_max))
+        return self._pad_cache
+
