@@ -12,22 +12,22 @@ from torchmdn.training.capacity import candidates
 from torchmdn.training.ladder import Ladder
 
 
-def _model(d=1):
+def _model(d=1, cov="auto"):
     """An MDN that chooses its capacity."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return MDN(1, d, hidden=(16,), n_components="auto", covariance_type="auto")
+        return MDN(1, d, hidden=(16,), n_components="auto", covariance_type=cov)
 
 
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("d", [1, 3, 4])
-def test_all_heads_at_once_equal_each_head_alone(d, padded, monkeypatch):
+@pytest.mark.parametrize(("d", "cov"), [(1, "auto"), (3, "auto"), (4, "auto"), (2, "isotropic")])
+def test_all_heads_at_once_equal_each_head_alone(d, cov, padded, monkeypatch):
     """Values and gradients, whichever way the heads are evaluated (several target columns
     on the CPU: each head by the compiled kernel where it is available; else padded)."""
     if padded:
         monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
     x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
-    model = _model(d).double()
+    model = _model(d, cov).double()
     ladder = Ladder(model, candidates(model), seed=0).double()
     ladder.standardize(x, y)
     ladder.initialize(x, y)
@@ -35,6 +35,7 @@ def test_all_heads_at_once_equal_each_head_alone(d, padded, monkeypatch):
     with torch.no_grad():
         for m in ladder.members:  # features that matter: random head weights
             m.head.linear.weight.normal_()
+            m.head.scale_floor.copy_(torch.linspace(0.05, 0.3, d))  # floors that differ
         h = first.backbone((x - first.x_loc) / first.x_scale)
         z = (y - first.y_loc) / first.y_scale
         got = ladder.head_log_probs(h, z)
@@ -42,7 +43,7 @@ def test_all_heads_at_once_equal_each_head_alone(d, padded, monkeypatch):
     assert got.shape == (40, len(ladder.members))
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     kinds = {m.head.covariance_type for m in ladder.members}
-    assert kinds == {1: {"diagonal"}, 3: {"full"}, 4: {"diagonal", "full"}}[d]
+    assert kinds == {1: {"diagonal"}, 3: {"full"}, 4: {"diagonal", "full"}, 2: {"isotropic"}}[d]
     h.requires_grad_(True)
     params = [h, *(p for m in ladder.members for p in m.head.parameters())]
     got_grads = torch.autograd.grad(ladder.head_log_probs(h, z).square().sum(), params)

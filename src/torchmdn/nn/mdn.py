@@ -246,16 +246,21 @@ class MDNHead(nn.Module):
                 k, centers[k], std, math.log(0.5 * share + 0.5 / n), zero_weights=False
             )
 
+    @property
+    def floor(self) -> Tensor:
+        """The standard-deviation floor as this head's covariance kind reads it: one per
+        target column, or for ``"isotropic"`` (one scale for every column) the largest of
+        them, shape ``(1,)``."""
+        if self.covariance_type == "isotropic":
+            return self.scale_floor.max()[None]
+        return self.scale_floor
+
     def forward(self, h: Tensor) -> GaussianMixture:
         """Map features ``(*, in_features)`` to a GaussianMixture with batch shape ``*``."""
         n, d = self.n_components, self.out_features
         out = self.linear(h)
         kind = HEAD_KINDS[self.covariance_type]
-        floor = (
-            self.scale_floor
-            if self.covariance_type != "isotropic"
-            else self.scale_floor.max()[None]
-        )
+        floor = self.floor
         if not self.mean_grad_scaling:  # log_prob reads the output as it is
             return GaussianMixture.from_head_output(out, floor, self.covariance_type, n, d)
         logits, loc, scale = head_parameters(out, floor, kind, n, d)

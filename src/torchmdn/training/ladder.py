@@ -142,7 +142,7 @@ class Ladder(nn.Module):
         for kind, (idx, heads) in self._groups().items():
             weight = torch.cat([m.head.linear.weight for m in heads])
             bias = torch.cat([m.head.linear.bias for m in heads])
-            out = torch.nn.functional.linear(h, weight, bias).index_select(-1, idx)
+            out = F.linear(h, weight, bias).index_select(-1, idx)
             n = sum(m.head.n_components for m in heads)
             logits, loc, raw = out.split([n, n * d, out.shape[-1] - n - n * d], dim=-1)
             diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d))
@@ -150,7 +150,7 @@ class Ladder(nn.Module):
                 scale = F.softplus(raw.unflatten(-1, (n, d))) + floor
                 comp = -0.5 * (diff / scale).square().sum(-1) - scale.log().sum(-1)
             elif kind == "isotropic":
-                scale = F.softplus(raw) + floor.max()
+                scale = F.softplus(raw) + heads[0].head.floor
                 comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
             else:
                 prec = unpack_precision(raw.unflatten(-1, (n, -1)), floor)
@@ -177,12 +177,11 @@ class Ladder(nn.Module):
         weight = torch.cat([hd.linear.weight for hd in heads])
         bias = torch.cat([hd.linear.bias for hd in heads])
         out, z = at_least_float32(F.linear(h, weight, bias), z)  # under autocast too
-        floor = heads[0].scale_floor
         return torch.stack(
             [
                 fused.head_log_prob(
                     part,
-                    floor if hd.covariance_type != "isotropic" else floor.max()[None],
+                    hd.floor,
                     HEAD_KINDS[hd.covariance_type],
                     hd.n_components,
                     z,
