@@ -353,6 +353,62 @@ def test_mdn_head_float32_kernel_equals_tensor_path(covariance):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
 
 
+def heads_output(d, dtype=F64):
+    """Four heads of different kinds and sizes, their outputs side by side ``(rows, W)``."""
+    g = torch.Generator().manual_seed(3)
+    spec = [
+        (layout.DIAGONAL, 1, 0.05 + 0.1 * torch.rand(d, generator=g, dtype=dtype)),
+        (layout.DIAGONAL, 5, 0.05 + 0.1 * torch.rand(d, generator=g, dtype=dtype)),
+        (layout.ISOTROPIC, 3, torch.tensor([0.1], dtype=dtype)),
+        (layout.PACKED, 2, 0.05 + 0.1 * torch.rand(d, generator=g, dtype=dtype)),
+    ]
+    width = sum(layout.head_width(kind, n, d) for kind, n, _ in spec)
+    out = torch.randn(9, width, generator=g, dtype=dtype)
+    out[0, -1] += 25.0  # a raw scale above softplus' threshold (20)
+    y = torch.randn(9, d, generator=g, dtype=dtype)
+    return spec, out.requires_grad_(), y.requires_grad_()
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_several_heads_in_one_call_equal_each_head_alone(d):
+    """Values and gradients of ``fused.heads_log_prob`` (one kernel node for all heads)
+    against each head's columns evaluated alone on the tensor-level path."""
+    spec, out, y = heads_output(d)
+    lp = fused.heads_log_prob(out, spec, y)
+    assert lp.grad_fn.name() == "_HeadsLogProbBackward" and lp.shape == (9, len(spec))
+    w = torch.randn(lp.shape, generator=torch.Generator().manual_seed(4), dtype=F64)
+    got = torch.autograd.grad((lp * w).sum(), (out, y))
+    parts = out.split([layout.head_width(kind, n, d) for kind, n, _ in spec], -1)
+    old, kernels._USE_KERNEL = kernels._USE_KERNEL, False
+    try:
+        each = torch.stack(
+            [fused.head_log_prob(p, fl, kind, n, y) for p, (kind, n, fl) in zip(parts, spec)], -1
+        )
+        assert fused.heads_log_prob(out, spec, y).grad_fn.name() != "_HeadsLogProbBackward"
+    finally:
+        kernels._USE_KERNEL = old
+    want = torch.autograd.grad((each * w).sum(), (out, y))
+    torch.testing.assert_close(lp, each, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # no graph: the same values
+        torch.testing.assert_close(fused.heads_log_prob(out, spec, y), each.detach())
+
+
+def test_several_heads_gradcheck_second_order_and_where_the_kernel_declines():
+    spec, out, y = heads_output(2)
+
+    def fn(out, y):
+        return fused.heads_log_prob(out, spec, y)
+
+    assert torch.autograd.gradcheck(fn, (out, y))
+    assert torch.autograd.gradgradcheck(fn, (out, y), fast_mode=True)
+    # value rows that do not match the output rows, or widths that do not add up: not the kernel
+    assert kernels.heads_log_prob(out, spec, y[:1]) is None
+    assert kernels.heads_log_prob(out[:, :-1], spec, y) is None
+    assert kernels.heads_log_prob(out.float(), spec, y) is None
+
+
 def test_a_read_only_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")  # the cache folder cannot be created below a file

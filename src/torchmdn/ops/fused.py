@@ -35,6 +35,8 @@ This module imports nothing but torch and the other ``torchmdn.ops`` modules
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -45,6 +47,7 @@ from .layout import head_parameters, unpack_precision
 __all__ = [
     "diag_log_prob",
     "head_log_prob",
+    "heads_log_prob",
     "packed_log_prob",
     "scale_tril_log_prob",
     "tril_log_prob",
@@ -262,6 +265,27 @@ def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) 
     if kind == layout.PACKED:
         return packed_log_prob(logits, loc, scale, floor, value)
     return diag_log_prob(logits, loc, scale, value, kind == layout.ISOTROPIC)
+
+
+def heads_log_prob(
+    out: Tensor, heads: Sequence[tuple[int, int, Tensor]], value: Tensor
+) -> Tensor:
+    """``log p(value)`` under several heads whose outputs sit side by side in ``out (N, W)``
+    (each ``(kind, n_components, floor)``, in the order of its columns), ``(N, heads)``: one
+    node of the compiled kernel for all where it runs, else :func:`head_log_prob` per head."""
+    lp = kernel.heads_log_prob(out, heads, value)
+    if lp is not None:
+        return lp
+    d = value.shape[-1]
+    widths = [layout.head_width(kind, n, d) for kind, n, _ in heads]
+    parts = out.split(widths, -1)
+    return torch.stack(
+        [
+            head_log_prob(part, floor, kind, n, value)
+            for part, (kind, n, floor) in zip(parts, heads, strict=True)
+        ],
+        -1,
+    )
 
 
 def packed_log_prob(

@@ -36,6 +36,7 @@ import sysconfig
 import tempfile
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -50,10 +51,13 @@ from .layout import (
     PACKED,
     PRECISION,
     head_parameters,
+    head_width,
     unpack_precision,
 )
 
-__all__ = ["available", "build", "head_log_prob", "log_prob", "status", "trusted"]
+__all__ = [
+    "available", "build", "head_log_prob", "heads_log_prob", "log_prob", "status", "trusted",
+]  # fmt: skip
 
 _SOURCE = Path(__file__).with_name("csrc") / "mixture.cpp"
 _log = logging.getLogger("torchmdn")
@@ -350,6 +354,37 @@ def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) 
     return torch.ops.torchmdn.head_forward(*args[:1], floor, value, kind, n, False)[0].view(shape)
 
 
+def heads_log_prob(
+    out: Tensor, heads: Sequence[tuple[int, int, Tensor]], value: Tensor
+) -> Tensor | None:
+    """``log p(value)`` under several MDN heads whose outputs sit side by side in
+    ``out (N, W)``, one column per head ``(N, heads)``, or ``None`` where the kernel does not
+    apply (it needs ``value (N, d)``, one row per output row, and ``W`` the heads' widths).
+
+    ``heads`` holds each head's ``(kind, n_components, floor)`` in the order of its columns.
+    One autograd node for all of them (a kernel call per head in each direction): evaluating
+    the heads as separate nodes cost more in Python and autograd than in the kernel.
+    """
+    if not _ready(out) or out.dim() != 2 or value.dim() != 2 or value.shape[0] != out.shape[0]:
+        return None
+    d = value.shape[-1]
+    widths = [head_width(kind, n, d) for kind, n, _ in heads]
+    if sum(widths) != out.shape[-1] or value.dtype != out.dtype:
+        return None
+    spec = tuple((kind, n, floor.to(out.dtype).contiguous()) for kind, n, floor in heads)
+    out, value = out.contiguous(), value.contiguous()
+    if torch.is_grad_enabled() and (out.requires_grad or value.requires_grad):
+        return _HeadsLogProb.apply(out, value, spec, widths)
+    parts = out.split(widths, -1)
+    return torch.stack(
+        [
+            torch.ops.torchmdn.head_forward(part.contiguous(), floor, value, kind, n, False)[0]
+            for part, (kind, n, floor) in zip(parts, spec, strict=True)
+        ],
+        -1,
+    )
+
+
 def _reference(kind: int, transposed: bool, P: int, floor: Tensor):
     """The plain-autograd function of the kernel's inputs (for double backward)."""
 
@@ -423,6 +458,45 @@ class _HeadLogProb(torch.autograd.Function):
             g.reshape(-1), r, p, out, floor, value, ctx.kind, ctx.n
         )
         return _wanted(ctx, grads) + (None,) * 4
+
+
+class _HeadsLogProb(torch.autograd.Function):
+    """Several heads' output rows side by side ``[N, W]`` and value rows ``[N, d]``;
+    ``log p`` per head ``[N, heads]``."""
+
+    @staticmethod
+    def forward(ctx, out, value, spec, widths):
+        parts = [part.contiguous() for part in out.split(widths, -1)]
+        results = [
+            torch.ops.torchmdn.head_forward(part, floor, value, kind, n, True)
+            for part, (kind, n, floor) in zip(parts, spec, strict=True)
+        ]
+        ctx.spec, ctx.widths = spec, widths
+        ctx.save_for_backward(out, value, *parts, *(t for _, r, p in results for t in (r, p)))
+        return torch.stack([lp for lp, _, _ in results], -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        out, value, *saved = ctx.saved_tensors
+        parts, rp = saved[: len(ctx.spec)], saved[len(ctx.spec) :]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
+
+            def fn(out: Tensor, value: Tensor) -> Tensor:
+                pieces = zip(out.split(ctx.widths, -1), ctx.spec, strict=True)
+                return torch.stack(
+                    [_head_reference(k, n, fl)(part, value).reshape(-1) for part, (k, n, fl) in pieces],
+                    -1,
+                )
+
+            return reference.grads(fn, (out, value), g) + (None, None)
+        douts, dvalue = [], None
+        for i, (part, (kind, n, floor)) in enumerate(zip(parts, ctx.spec, strict=True)):
+            dout, dy = torch.ops.torchmdn.head_backward(
+                g[:, i].contiguous(), rp[2 * i], rp[2 * i + 1], part, floor, value, kind, n
+            )
+            douts.append(dout)
+            dvalue = dy if dvalue is None else dvalue + dy
+        return _wanted(ctx, (torch.cat(douts, -1), dvalue)) + (None, None)
 
 
 def _wanted(ctx, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:

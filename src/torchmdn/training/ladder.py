@@ -4,9 +4,8 @@ trained together (see :mod:`torchmdn.training.capacity`, which chooses among the
 ``Ladder.log_prob`` is the mean of the heads' log-likelihoods, so one training run fits every
 head; when the training loop scores the validation rows each head's per-row values are
 recorded. The heads are evaluated together: their linear layers as one matrix product and
-their mixtures as one padded log-sum-exp, or, for a target of several columns on the CPU,
-each head alone by the compiled kernel (padding full heads to the largest evaluated three
-times the components).
+their mixtures as one padded log-sum-exp, or, on the CPU, each head alone by the compiled
+kernel (padding evaluates every head at the largest head's size).
 """
 
 from __future__ import annotations
@@ -131,12 +130,11 @@ class Ladder(nn.Module):
 
     def head_log_probs(self, h: Tensor, z: Tensor) -> Tensor:
         """``log p(z | h)`` under every head at once, ``(rows, heads)``: the heads' linear
-        layers as one matrix product and their mixtures as one padded log-sum-exp; for a
-        target of several columns on the CPU, each head by the compiled kernel instead
-        (:meth:`each_head_log_prob`)."""
-        d = z.shape[-1]
-        if d > 1 and h.device.type == "cpu" and kernel.available():
+        layers as one matrix product and their mixtures as one padded log-sum-exp; on the
+        CPU, each head by the compiled kernel instead (:meth:`each_head_log_prob`)."""
+        if h.device.type == "cpu" and kernel.available():
             return self.each_head_log_prob(h, z)
+        d = z.shape[-1]
         floor = self.members[0].head.scale_floor
         logits_all, comp_all = [], []
         for kind, (idx, heads) in self._groups().items():
@@ -167,31 +165,19 @@ class Ladder(nn.Module):
         return lp - 0.5 * d * LOG_2PI
 
     def each_head_log_prob(self, h: Tensor, z: Tensor) -> Tensor:
-        """:meth:`head_log_probs` with each head's mixture evaluated alone, on its columns of
-        the one matrix product (see :func:`torchmdn.ops.fused.head_log_prob`). Padding full
-        heads to the largest (32 components) evaluates three times the components: at batch
-        128 a step of the 2- and 3-column ladders took 4.0 and 4.9 ms this way against 6.2
-        and 7.5 padded; for one column the two are as fast (2.4 and 2.6 ms), and on CUDA
-        the compiled path would compile once per head size."""
+        """:meth:`head_log_probs` with each head's mixture evaluated alone by the compiled
+        kernel, on its columns of the one matrix product, all heads one autograd node
+        (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates every head at the
+        largest size (for one column 7 x 20 component slots where 51 are used, for full
+        heads three times the components); at batch 128 (one thread, backbone included)
+        a step of the one- and two-column ladders took 1.8 and 3.5 ms this way against 3.0
+        and 5.2 padded. On CUDA the compiled path would compile once per head size."""
         heads = [m.head for m in self.members]
         weight = torch.cat([hd.linear.weight for hd in heads])
         bias = torch.cat([hd.linear.bias for hd in heads])
         out, z = at_least_float32(F.linear(h, weight, bias), z)  # under autocast too
-        return torch.stack(
-            [
-                fused.head_log_prob(
-                    part,
-                    hd.floor,
-                    HEAD_KINDS[hd.covariance_type],
-                    hd.n_components,
-                    z,
-                )
-                for part, hd in zip(
-                    out.split([hd.linear.out_features for hd in heads], -1), heads, strict=True
-                )
-            ],
-            -1,
-        )
+        spec = [(HEAD_KINDS[hd.covariance_type], hd.n_components, hd.floor) for hd in heads]
+        return fused.heads_log_prob(out, spec, z)
 
     def _groups(self) -> dict[str, tuple[Tensor, list[MDN]]]:
         """Members by covariance kind, each with the permutation that takes their stacked
