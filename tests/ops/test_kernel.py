@@ -381,9 +381,8 @@ def test_several_heads_in_one_call_equal_each_head_alone(d):
     parts = out.split([layout.head_width(kind, n, d) for kind, n, _ in spec], -1)
     old, kernels._USE_KERNEL = kernels._USE_KERNEL, False
     try:
-        each = torch.stack(
-            [fused.head_log_prob(p, fl, kind, n, y) for p, (kind, n, fl) in zip(parts, spec)], -1
-        )
+        pieces = zip(parts, spec, strict=True)
+        each = torch.stack([fused.head_log_prob(p, fl, k, n, y) for p, (k, n, fl) in pieces], -1)
         assert fused.heads_log_prob(out, spec, y).grad_fn.name() != "_HeadsLogProbBackward"
     finally:
         kernels._USE_KERNEL = old

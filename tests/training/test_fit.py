@@ -516,15 +516,6 @@ def test_mean_grad_scaling_of_a_full_covariance_head_scales_by_the_marginal_sds(
     torch.testing.assert_close(g1[n + n * d :], g0[n + n * d :])
 
 
-def test_history_prints_a_short_summary():
-    x, y = small_data(60)
-    h = fit(small_model(), x, y, max_epochs=30, patience=None, progress=False, random_state=0)
-    text = repr(h)
-    assert len(text) < 200, text  # not 30 epochs of numbers times four lists
-    assert text.startswith("History(epochs=30, best_epoch=")
-    assert f"best_val_nll={h.best_val_nll:.4f}" in text and "time_s=" in text
-
-
 # ---------------------------------------------------------------- devices and the host
 
 

@@ -46,9 +46,9 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.mdn import MDN, MDNHead
+from .history import History
 from .ladder import Ladder
 from .length import plan, validation_rows
-from .loop import History
 
 __all__ = [
     "CV_FOLDS", "FULL_ONLY_UP_TO", "LADDER", "LADDER_EXTRA", "MIN_VALIDATION_ROWS",

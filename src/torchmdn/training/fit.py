@@ -33,9 +33,10 @@ from torch import Tensor, nn
 from ..errors import InputError, ModelFileError, TorchMDNError
 from .capacity import select_capacity, wants_selection
 from .distributed import Group, local_slice, process_group
+from .history import History
 from .length import plan as plan_epochs
 from .length import validation_rows
-from .loop import PRECISIONS, History, Run, Settings
+from .loop import PRECISIONS, Run, Settings
 from .protocol import ConditionalDensity, TrainableMixture
 from .streaming import Scan, TableSource
 

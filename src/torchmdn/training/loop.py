@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,12 +26,22 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelFileError, TrainingError
+from ..errors import TrainingError
 from ..nn.mdn import MDNHead
 from .distributed import Group, local_slice
+from .history import History, saved_history
 from .protocol import ConditionalDensity, TrainableMixture, responsibilities
+from .state import (
+    copy_optimizer_state,
+    copy_state,
+    flat,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    saved_state,
+    unflat,
+)
 
-__all__ = ["History", "Settings", "Data", "Run"]
+__all__ = ["Data", "PRECISIONS", "Run", "Settings"]
 
 _BAD_STEPS_BEFORE_ROLLBACK = 3
 _ROLLBACKS_BEFORE_GIVING_UP = 4
@@ -47,63 +57,6 @@ _DEAD_SHARE = 1e-3  # a component explaining < 0.1% of the rows counts as dead
 _CHECK_EVERY: dict[str, int] = {"cpu": 1}
 _CHECK_EVERY_ELSEWHERE = 64
 PRECISIONS = ("float32", "bf16")
-
-
-@dataclass
-class History:
-    """What happened during :func:`~torchmdn.fit`.
-
-    Attributes:
-        train_nll: mean training NLL per epoch (nats per sample, user units).
-        val_nll: mean validation NLL per epoch (empty without a validation set).
-        lr: learning rate at the end of each epoch.
-        effective_components: per epoch, ``exp(entropy)`` of the components' shares of
-            responsibility on training rows (``n`` when all are used equally, 1 when one
-            component explains everything); empty for models that are not mixtures.
-        best_epoch: epoch (0-based) whose state was restored.
-        best_val_nll: validation NLL of that epoch (training NLL without validation).
-        stopped_early: whether early stopping ended training.
-        skipped_steps: optimiser steps skipped because the loss or gradient was not finite.
-        rollbacks: times the model was rolled back to its last good state (lr halved each time).
-        reseeded: components re-seeded because they had died.
-        time_s: wall-clock seconds spent in ``fit`` (this call only).
-        capacity: for a model whose capacity ``fit`` chose (``n_components="auto"``): the
-            candidates tried (``"tried"``: component count, covariance, validation NLL,
-            paired standard error against the best), ``"chosen"`` and the ``"reason"``.
-    """
-
-    train_nll: list[float] = field(default_factory=list)
-    val_nll: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    effective_components: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val_nll: float = math.inf
-    stopped_early: bool = False
-    skipped_steps: int = 0
-    rollbacks: int = 0
-    reseeded: int = 0
-    time_s: float = 0.0
-    capacity: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def epochs(self) -> int:
-        """Number of epochs run."""
-        return len(self.train_nll)
-
-    def __repr__(self) -> str:
-        # a summary, not thousands of per-epoch numbers (those stay in the attributes)
-        val = f", best_val_nll={self.best_val_nll:.4f}" if self.val_nll else ""
-        last = f", last train_nll={self.train_nll[-1]:.4f}" if self.train_nll else ""
-        flags = "".join(
-            f", {name}={value}"
-            for name, value in (("skipped_steps", self.skipped_steps),
-                                ("rollbacks", self.rollbacks), ("reseeded", self.reseeded))
-            if value
-        )  # fmt: skip
-        return (
-            f"History(epochs={self.epochs}, best_epoch={self.best_epoch}{val}{last}, "
-            f"stopped_early={self.stopped_early}{flags}, time_s={self.time_s:.1f})"
-        )
 
 
 @dataclass(frozen=True)
@@ -184,7 +137,7 @@ class Run:
         self.warm = max(1, int(s.warmup_fraction * self.total_steps))
         self.history = History()
         self.step, self.start_epoch, self.since_best, self.lr_mult = 0, 0, 0, 1.0
-        self.best_state = _copy_state(self.ema_model)
+        self.best_state = copy_state(self.ema_model)
         self.net: Callable[[Tensor, Tensor], Tensor] | None = None  # set by begin()
         self.check_every = _CHECK_EVERY.get(self.device.type, _CHECK_EVERY_ELSEWHERE)
         self.compile = False  # fit(compile=True) sets it before begin()
@@ -205,12 +158,12 @@ class Run:
         """Write a checkpoint from which training continues at ``next_epoch`` (rank 0 only)."""
         from ..io import save_checkpoint
 
-        opt_tensors, groups = _opt_state(self.opt)
+        opt_tensors, groups = optimizer_tensors(self.opt)
         tensors = {
-            **_flat("model", self.model.state_dict()),
-            **_flat("ema", self.ema_model.state_dict()),
-            **_flat("best", self.best_state),
-            **_flat("opt", opt_tensors),
+            **flat("model", self.model.state_dict()),
+            **flat("ema", self.ema_model.state_dict()),
+            **flat("best", self.best_state),
+            **flat("opt", opt_tensors),
             "rng": self.gen.get_state(),
         }
         state = {
@@ -225,12 +178,12 @@ class Run:
     def restore(self, path: str | Path, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`save` (already checked for its data
         and settings); a missing ``head.scale_floor`` (older checkpoints) is filled in."""
-        self.model.load_state_dict(_saved_state(path, self.model, tensors, "model"))
-        self.ema_model.load_state_dict(_saved_state(path, self.ema_model, tensors, "ema"))
-        self.best_state = _saved_state(path, self.model, tensors, "best")
-        _load_opt_state(self.opt, _unflat("opt", tensors), state["opt_groups"])
+        self.model.load_state_dict(saved_state(path, self.model, tensors, "model"))
+        self.ema_model.load_state_dict(saved_state(path, self.ema_model, tensors, "ema"))
+        self.best_state = saved_state(path, self.model, tensors, "best")
+        load_optimizer_tensors(self.opt, unflat("opt", tensors), state["opt_groups"])
         self.gen.set_state(tensors["rng"])
-        self.history = _saved_history(path, state["history"])
+        self.history = saved_history(path, state["history"])
         self.step, self.start_epoch, self.since_best, self.lr_mult = (
             state[k] for k in ("step", "epoch", "since_best", "lr_mult")
         )
@@ -482,7 +435,7 @@ class Run:
             )
         self.model.load_state_dict(self.good["model"])
         self.ema_model.load_state_dict(self.good["ema"])
-        self.opt.load_state_dict(_copy_optimizer_state(self.good["opt"]))  # keep it intact
+        self.opt.load_state_dict(copy_optimizer_state(self.good["opt"]))  # keep it intact
         self.lr_mult *= 0.5
         history.rollbacks += 1
         self.bad_in_a_row = 0
@@ -490,9 +443,9 @@ class Run:
     def snapshot(self) -> dict[str, Any]:
         """The last good state the guard rolls back to."""
         return {
-            "model": _copy_state(self.model),
-            "ema": _copy_state(self.ema_model),
-            "opt": _copy_optimizer_state(self.opt),
+            "model": copy_state(self.model),
+            "ema": copy_state(self.ema_model),
+            "opt": copy_optimizer_state(self.opt),
         }
 
     def watch_collapse(self, epoch: int) -> None:
@@ -532,7 +485,7 @@ class Run:
             history.val_nll.append(value)
         if value < history.best_val_nll:
             history.best_val_nll, history.best_epoch = value, epoch
-            self.best_state = _copy_state(self.ema_model)
+            self.best_state = copy_state(self.ema_model)
             self.since_best = 0
         else:
             self.since_best += 1
@@ -572,61 +525,6 @@ def _check_outcome(history: History, lr: float) -> None:
             RuntimeWarning,
             stacklevel=4,
         )
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _saved_history(path: str | Path, saved: dict[str, Any]) -> History:
-    """The History a checkpoint holds, each field checked against its type (a damaged or
-    edited field is a ModelFileError, never a TypeError later)."""
-    defaults = History()
-    values = {}
-    for f in fields(History):
-        if f.name not in saved:
-            continue
-        value, default = saved[f.name], getattr(defaults, f.name)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, list):
-            ok = isinstance(value, list) and all(_number(v) for v in value)
-        elif isinstance(default, dict):
-            ok = isinstance(value, dict)
-        else:
-            ok = _number(value) and (not isinstance(default, int) or isinstance(value, int))
-        if not ok:
-            raise ModelFileError(
-                f"{path}: the checkpoint's history field {f.name!r} is {str(value)[:40]!r}; "
-                "the file is damaged"
-            )
-        values[f.name] = value
-    return History(**values)
-
-
-def _saved_state(
-    path: str | Path, module: nn.Module, tensors: dict[str, Tensor], prefix: str
-) -> dict[str, Tensor]:
-    """The state of ``module`` that a checkpoint holds under ``prefix``, checked against it.
-
-    What checkpoints from older versions lack is filled in as :func:`torchmdn.io.load` does
-    for model files (a missing ``head.scale_floor``: the head's ``min_scale``).
-    """
-    from ..io import upgrade_state
-
-    state = upgrade_state(module, _unflat(prefix, tensors))
-    want = module.state_dict()
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    reshaped = [k for k in want if k in state and state[k].shape != want[k].shape]
-    found = {"missing": missing, "unexpected": unexpected, "of another shape": reshaped}
-    problems = [f"{what} {keys}" for what, keys in found.items() if keys]
-    if problems:
-        raise ModelFileError(
-            f"{path} does not match this model ({prefix} weights: {'; '.join(problems)}); "
-            "resume with a model built with the same arguments as the one that wrote it"
-        )
-    return state
 
 
 def _nll(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -679,39 +577,6 @@ def _compiled_loss(net: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor,
     return call
 
 
-def _copy_state(model: nn.Module) -> dict[str, Tensor]:
-    """A copy of ``model.state_dict()`` (a clone per tensor: 4x cheaper than ``deepcopy``); a
-    tensor that several entries share (a module used twice) is cloned once."""
-    clones: dict[tuple, Tensor] = {}
-    out: dict[str, Any] = {}
-    for k, v in model.state_dict().items():
-        if isinstance(v, Tensor):
-            if not v.numel():
-                out[k] = v.clone()
-                continue
-            key = (v.data_ptr(), v.dtype, v.shape, v.stride(), v.device)
-            if key not in clones:  # cloned once, however many entries share it
-                clones[key] = v.detach().clone()
-            out[k] = clones[key]
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _copy_optimizer_state(opt: torch.optim.Optimizer | dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``opt.state_dict()`` (or of such a dict): its tensors cloned, the rest
-    deep-copied (several times cheaper than ``deepcopy`` of the whole, which the guard would
-    take at every snapshot)."""
-    state = opt if isinstance(opt, dict) else opt.state_dict()
-    return {
-        "state": {
-            i: {n: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for n, v in s.items()}
-            for i, s in state["state"].items()
-        },
-        "param_groups": copy.deepcopy(state["param_groups"]),
-    }
-
-
 def _diagnose(model: nn.Module, xb: Tensor, yb: Tensor, rows: Tensor) -> str:
     """Say which rows give a non-finite loss and which parameter blocks broke."""
     parts = []
@@ -738,32 +603,6 @@ def _diagnose(model: nn.Module, xb: Tensor, yb: Tensor, rows: Tensor) -> str:
     if blocks:
         parts.append("non-finite " + ", ".join(blocks))
     return "; ".join(parts) or "non-finite gradient norm"
-
-
-def _flat(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {f"{prefix}/{k}": v for k, v in state.items()}
-
-
-def _unflat(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    start = prefix + "/"
-    return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
-
-
-def _opt_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
-    sd = opt.state_dict()
-    tensors = {f"{i}/{k}": v for i, s in sd["state"].items() for k, v in s.items()}
-    return tensors, sd["param_groups"]
-
-
-def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, v in tensors.items():
-        i, name = key.split("/", 1)
-        state.setdefault(int(i), {})[name] = v
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 @torch.no_grad()
