@@ -5,8 +5,8 @@ one shared backbone with one mixture head per candidate (1, 2, 3, 5, 8, 12 and 2
 components, and 32 for a target of d > 1 dimensions; with ``covariance_type="auto"`` full
 covariances for 2 or 3 target columns, from 4 columns each count both diagonal and full),
 trained together on the mean of their NLLs (:class:`~torchmdn.training.ladder.Ladder`). An
-epoch costs 1.2-2.2x one model's on the UCI sets; the heads' initial weights come from
-``random_state`` like everything else. After every epoch each head's
+epoch costs about 1.7-1.8x one 5-component model's on the UCI sets (kin8nm, yacht; one
+thread); the heads' initial weights come from ``random_state`` like everything else. After every epoch each head's
 validation NLL is recorded and the state (backbone and head) of its best epoch
 kept. Then the candidates are ranked by validation NLL and the *simplest* one (fewest head
 outputs) whose NLL is within half a paired standard error of the best is chosen (a
