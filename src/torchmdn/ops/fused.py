@@ -267,9 +267,7 @@ def head_log_prob(out: Tensor, floor: Tensor, kind: int, n: int, value: Tensor) 
     return diag_log_prob(logits, loc, scale, value, kind == layout.ISOTROPIC)
 
 
-def heads_log_prob(
-    out: Tensor, heads: Sequence[tuple[int, int, Tensor]], value: Tensor
-) -> Tensor:
+def heads_log_prob(out: Tensor, heads: Sequence[tuple[int, int, Tensor]], value: Tensor) -> Tensor:
     """``log p(value)`` under several heads whose outputs sit side by side in ``out (N, W)``
     (each ``(kind, n_components, floor)``, in the order of its columns), ``(N, heads)``: one
     node of the compiled kernel for all where it runs, else :func:`head_log_prob` per head."""

@@ -484,7 +484,10 @@ class _HeadsLogProb(torch.autograd.Function):
             def fn(out: Tensor, value: Tensor) -> Tensor:
                 pieces = zip(out.split(ctx.widths, -1), ctx.spec, strict=True)
                 return torch.stack(
-                    [_head_reference(k, n, fl)(part, value).reshape(-1) for part, (k, n, fl) in pieces],
+                    [
+                        _head_reference(k, n, fl)(part, value).reshape(-1)
+                        for part, (k, n, fl) in pieces
+                    ],
                     -1,
                 )
 
