@@ -78,3 +78,36 @@ def test_the_ladder_on_each_device(device, d):
     assert all(p.device.type == device.type for p in model.parameters())
     assert model.n_components == h.capacity["chosen"]["n_components"]
     assert all(math.isfinite(r["val_nll"]) for r in h.capacity["tried"])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("d", [1, 2])
+def test_under_bf16_autocast_the_mixtures_are_float32(device, d, padded, monkeypatch):
+    """Under autocast the heads' linear layers run in bfloat16 and their mixtures in float32
+    with autocast off, as each head alone does (either way of evaluating them; CUDA pads),
+    and a bf16 fit chooses and installs a head."""
+    if padded:
+        monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(300, 1, generator=g) * 2 - 1).to(device)
+    y = (torch.cat([torch.sin(3 * x.cpu()), x.cpu() ** 2], 1)[:, :d]
+         + 0.1 * torch.randn(300, d, generator=g)).to(device)  # fmt: skip
+    model = _model(d).to(device)
+    ladder = Ladder(model, candidates(model), seed=0).to(device)
+    ladder.standardize(x, y)
+    ladder.initialize(x, y)
+    first = ladder.members[0]
+    with torch.no_grad():
+        for m in ladder.members:  # random head weights: far from the initial fit
+            m.head.linear.weight.normal_()
+        h = first.backbone((x - first.x_loc) / first.x_scale)
+        z = (y - first.y_loc) / first.y_scale
+        with torch.autocast(device.type, torch.bfloat16):
+            got = ladder.head_log_probs(h, z)
+            want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    history = fit(model, x, y, max_epochs=3, precision="bf16", random_state=0, progress=False)
+    assert history.skipped_steps == 0
+    assert all(math.isfinite(r["val_nll"]) for r in history.capacity["tried"])
+    assert model.n_components == history.capacity["chosen"]["n_components"]

@@ -22,7 +22,7 @@ from torch import Tensor
 from .._math import tril_inverse
 from ..ops import fused, layout
 
-__all__ = ["COVARIANCE_TYPES", "Covariance", "at_least_float32"]
+__all__ = ["COVARIANCE_TYPES", "Covariance", "at_least_float32", "autocast_on"]
 
 #: the kinds of covariance, in the library's one vocabulary
 COVARIANCE_TYPES = ("diagonal", "isotropic", "full")
@@ -36,6 +36,15 @@ def at_least_float32(*tensors: Tensor) -> tuple[Tensor, ...]:
     if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
         dtype = torch.float32
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for types autocast does not know):
+    mixture densities are computed with it off, in at least float32."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
 
 
 class Covariance:

@@ -52,7 +52,7 @@ from torch.distributions.utils import lazy_property
 from ..errors import InputError, InputTypeError
 from ..ops import fused, layout, reference
 from ._common import check_value_shape
-from .covariance import Covariance, at_least_float32
+from .covariance import Covariance, at_least_float32, autocast_on
 
 __all__ = ["GaussianMixture"]
 
@@ -81,14 +81,6 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 def _expand(t: Tensor, shape: torch.Size) -> Tensor:
     """``t.expand(shape)``, or ``t`` itself when it has that shape (no autograd node)."""
     return t if t.shape == shape else t.expand(shape)
-
-
-def _autocast_on(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type`` (never for types autocast does not know)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:
-        return False
 
 
 class GaussianMixture(Distribution):
@@ -401,7 +393,7 @@ class GaussianMixture(Distribution):
         of :meth:`log_prob` and :meth:`joint_log_prob`)."""
         check_value_shape(self, value)
         device_type = value.device.type if isinstance(value, Tensor) else "cpu"
-        if _autocast_on(device_type):
+        if autocast_on(device_type):
             with torch.autocast(device_type, enabled=False):
                 return density(value)
         return density(value)

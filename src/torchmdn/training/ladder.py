@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._math import LOG_2PI
-from ..distributions.covariance import at_least_float32
+from ..distributions.covariance import at_least_float32, autocast_on
 from ..distributions.mixture import GaussianMixture
 from ..nn.mdn import MDN, MDNHead
 from ..ops import fused, kernel
@@ -131,16 +131,30 @@ class Ladder(nn.Module):
     def head_log_probs(self, h: Tensor, z: Tensor) -> Tensor:
         """``log p(z | h)`` under every head at once, ``(rows, heads)``: the heads' linear
         layers as one matrix product and their mixtures as one padded log-sum-exp; on the
-        CPU, each head by the compiled kernel instead (:meth:`each_head_log_prob`)."""
+        CPU, each head by the compiled kernel instead (:meth:`each_head_log_prob`). Under
+        autocast the linear layers run in its dtype and the mixtures, as for one head, in
+        float32 with autocast off."""
         if h.device.type == "cpu" and kernel.available():
             return self.each_head_log_prob(h, z)
+        groups = self._groups()
+        outs = []
+        for idx, heads in groups.values():
+            weight = torch.cat([m.head.linear.weight for m in heads])
+            bias = torch.cat([m.head.linear.bias for m in heads])
+            outs.append(F.linear(h, weight, bias).index_select(-1, idx))
+        *outs, z = at_least_float32(*outs, z)
+        if autocast_on(h.device.type):
+            with torch.autocast(h.device.type, enabled=False):
+                return self._padded_log_probs(outs, z)
+        return self._padded_log_probs(outs, z)
+
+    def _padded_log_probs(self, outs: list[Tensor], z: Tensor) -> Tensor:
+        """The mixtures of :meth:`head_log_probs` from each covariance kind's grouped outputs
+        (``[all logits | all means | all scale parameters]``), padded to the largest head."""
         d = z.shape[-1]
         floor = self.members[0].head.scale_floor
         logits_all, comp_all = [], []
-        for kind, (idx, heads) in self._groups().items():
-            weight = torch.cat([m.head.linear.weight for m in heads])
-            bias = torch.cat([m.head.linear.bias for m in heads])
-            out = F.linear(h, weight, bias).index_select(-1, idx)
+        for out, (kind, (_, heads)) in zip(outs, self._groups().items(), strict=True):
             n = sum(m.head.n_components for m in heads)
             logits, loc, raw = out.split([n, n * d, out.shape[-1] - n - n * d], dim=-1)
             diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d))
