@@ -19,25 +19,40 @@ def _model(d=1, cov="auto"):
         return MDN(1, d, hidden=(16,), n_components="auto", covariance_type=cov)
 
 
-@pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize(("d", "cov"), [(1, "auto"), (3, "auto"), (4, "auto"), (2, "isotropic")])
-def test_all_heads_at_once_equal_each_head_alone(d, cov, padded, monkeypatch):
-    """Values and gradients, whichever way the heads are evaluated (several target columns
-    on the CPU: each head by the compiled kernel where it is available; else padded)."""
-    if padded:
-        monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
-    x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
-    model = _model(d, cov).double()
-    ladder = Ladder(model, candidates(model), seed=0).double()
+def _ladder(model, x, y):
+    """A ladder of ``model``'s candidates set up on ``(x, y)``, with the features and the
+    standardised targets its heads see."""
+    ladder = Ladder(model, candidates(model), seed=0).to(next(model.parameters()))
     ladder.standardize(x, y)
     ladder.initialize(x, y)
     first = ladder.members[0]
     with torch.no_grad():
+        h = first.backbone((x - first.x_loc) / first.x_scale)
+        z = (y - first.y_loc) / first.y_scale
+    return ladder, h, z
+
+
+def _curve(n, d, device, seed=0):
+    """``n`` rows of a noisy curve in ``d`` (1 or 2) columns on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=g) * 2 - 1
+    y = torch.cat([torch.sin(3 * x), x**2], 1)[:, :d] + 0.1 * torch.randn(n, d, generator=g)
+    return x.to(device), y.to(device)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize(("d", "cov"), [(1, "auto"), (3, "auto"), (4, "auto"), (2, "isotropic")])
+def test_all_heads_at_once_equal_each_head_alone(d, cov, padded, monkeypatch):
+    """Values and gradients, whichever way the heads are evaluated (on the CPU: each head by
+    the compiled kernel, all in one autograd node, where it is available; else padded)."""
+    if padded:
+        monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
+    x, y = torch.randn(40, 1, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
+    ladder, h, z = _ladder(_model(d, cov).double(), x, y)
+    with torch.no_grad():
         for m in ladder.members:  # features that matter: random head weights
             m.head.linear.weight.normal_()
             m.head.scale_floor.copy_(torch.linspace(0.05, 0.3, d))  # floors that differ
-        h = first.backbone((x - first.x_loc) / first.x_scale)
-        z = (y - first.y_loc) / first.y_scale
         got = ladder.head_log_probs(h, z)
         want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
     assert got.shape == (40, len(ladder.members))
@@ -56,20 +71,12 @@ def test_all_heads_at_once_equal_each_head_alone(d, cov, padded, monkeypatch):
 @pytest.mark.parametrize("d", [1, 2])
 def test_the_ladder_on_each_device(device, d):
     """The heads evaluated together equal each head alone on the device (the CPU evaluates
-    each head by the kernel for several columns, CUDA pads them), and a default fit chooses
-    and installs a head there."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(300, 1, generator=g) * 2 - 1
-    y = torch.cat([torch.sin(3 * x), x**2], 1)[:, :d] + 0.1 * torch.randn(300, d, generator=g)
-    x, y = x.to(device), y.to(device)
+    each head by the kernel, CUDA pads them), and a default fit chooses and installs a head
+    there."""
+    x, y = _curve(300, d, device)
     model = _model(d).to(device)
-    ladder = Ladder(model, candidates(model), seed=0).to(device)
-    ladder.standardize(x, y)
-    ladder.initialize(x, y)
-    first = ladder.members[0]
+    ladder, h, z = _ladder(model, x, y)
     with torch.no_grad():
-        h = first.backbone((x - first.x_loc) / first.x_scale)
-        z = (y - first.y_loc) / first.y_scale
         got = ladder.head_log_probs(h, z)
         want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
     assert got.device.type == device.type
@@ -88,20 +95,12 @@ def test_under_bf16_autocast_the_mixtures_are_float32(device, d, padded, monkeyp
     and a bf16 fit chooses and installs a head."""
     if padded:
         monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
-    g = torch.Generator().manual_seed(1)
-    x = (torch.rand(300, 1, generator=g) * 2 - 1).to(device)
-    y = (torch.cat([torch.sin(3 * x.cpu()), x.cpu() ** 2], 1)[:, :d]
-         + 0.1 * torch.randn(300, d, generator=g)).to(device)  # fmt: skip
+    x, y = _curve(300, d, device, seed=1)
     model = _model(d).to(device)
-    ladder = Ladder(model, candidates(model), seed=0).to(device)
-    ladder.standardize(x, y)
-    ladder.initialize(x, y)
-    first = ladder.members[0]
+    ladder, h, z = _ladder(model, x, y)
     with torch.no_grad():
         for m in ladder.members:  # random head weights: far from the initial fit
             m.head.linear.weight.normal_()
-        h = first.backbone((x - first.x_loc) / first.x_scale)
-        z = (y - first.y_loc) / first.y_scale
         with torch.autocast(device.type, torch.bfloat16):
             got = ladder.head_log_probs(h, z)
             want = torch.stack([m.head(h).log_prob(z) for m in ladder.members], -1)
