@@ -77,15 +77,19 @@ def saved_state(
 
 
 def flat(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` under the checkpoint names ``prefix/name``."""
     return {f"{prefix}/{k}": v for k, v in state.items()}
 
 
 def unflat(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The entries of ``tensors`` named ``prefix/name``, as ``name`` (:func:`flat` undone)."""
     start = prefix + "/"
     return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """``opt``'s state as flat tensors named ``parameter index/buffer`` and its parameter
+    groups (JSON-ready)."""
     sd = opt.state_dict()
     tensors = {f"{i}/{k}": v for i, s in sd["state"].items() for k, v in s.items()}
     return tensors, sd["param_groups"]
@@ -94,6 +98,8 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], li
 def load_optimizer_tensors(
     opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list
 ) -> None:
+    """Load into ``opt`` what :func:`optimizer_tensors` gave (``betas`` back to a tuple, as
+    JSON returns a list)."""
     state: dict[int, dict[str, Tensor]] = {}
     for key, v in tensors.items():
         i, name = key.split("/", 1)
