@@ -16,8 +16,9 @@
 3. ``fit`` rows/s against a plain loop (permutation on the device, index, forward, backward,
    fused AdamW) on 2M rows with MDN(8, 2, 8 components, hidden (256, 256)), at batch 8192
    and 65536; both timed after a first epoch (fit's set-up, caches and compilation).
-4. Bishop's inverse problem with every default of ``fit`` (wall time; the CPU's is in
-   RESULTS.md).
+4. Bishop's inverse problem with every default of ``fit`` and with 5 fixed components
+   (wall times, and their ratio: the cost of the capacity choice on the device; the CPU's
+   are in RESULTS.md).
 
 Without CUDA it says so and exits (status 0) unless ``--smoke`` is given.
 """
@@ -248,22 +249,34 @@ def fit_throughput(device: torch.device, rows: int, batches: list[int], epochs: 
 
 
 def bishop_defaults(device: torch.device) -> None:
-    """Bishop's inverse problem with every default of fit (RESULTS.md has the CPU figure)."""
+    """Bishop's inverse problem with every default of fit (the capacity chosen from the data)
+    and with 5 fixed components, the cost of the choice on the device (RESULTS.md has the
+    CPU figures)."""
     from torchmdn.datasets import bishop
 
     x, t = bishop(3000, 0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = torchmdn.MDN(1, 1).to(device)
-    t0 = time.perf_counter()
-    h = torchmdn.fit(model, x[:2000].to(device), t[:2000].to(device), random_state=0,
-                     progress=False)  # fmt: skip
-    elapsed = time.perf_counter() - t0
-    with torch.no_grad():
-        nll = -model.log_prob(x[2000:].to(device), t[2000:].to(device)).mean().item()
-    print(
-        f"\n## Bishop's defaults (seed 0): {h.epochs} epochs in {elapsed:.1f} s, test NLL {nll:.4f}"
-    )
+    print("\n## Bishop's inverse problem, seed 0 (2000 training rows)")
+    seconds = {}
+    for label, kw in (
+        ("defaults (n_components='auto')", {}),
+        ("5 fixed components", {"n_components": 5}),
+    ):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = torchmdn.MDN(1, 1, **kw).to(device)
+        warm = torchmdn.MDN(1, 1, **kw).to(device)  # compilation and caches, not timed
+        torchmdn.fit(warm, x[:2000].to(device), t[:2000].to(device), max_epochs=2,
+                     random_state=0, progress=False)  # fmt: skip
+        t0 = time.perf_counter()
+        h = torchmdn.fit(model, x[:2000].to(device), t[:2000].to(device), random_state=0,
+                         progress=False)  # fmt: skip
+        seconds[label] = elapsed = time.perf_counter() - t0
+        with torch.no_grad():
+            nll = -model.log_prob(x[2000:].to(device), t[2000:].to(device)).mean().item()
+        print(f"{label}: {model.n_components} components, {h.epochs} epochs in {elapsed:.1f} s, "
+              f"test NLL {nll:.4f}")  # fmt: skip
+    auto, fixed = seconds.values()
+    print(f"cost of the choice: {auto / fixed:.2f}x the fixed model's wall time")
 
 
 def main(argv: list[str] | None = None) -> int:
