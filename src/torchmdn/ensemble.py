@@ -143,7 +143,8 @@ def full_covariance(model: MDN) -> MDN:
             f"only a diagonal head can be turned into a full one; got {head.covariance_type!r}"
         )
     n, d = head.n_components, head.out_features
-    new = MDNHead(head.in_features, d, n, "full", head.min_scale).to(head.linear.weight)
+    new = MDNHead(head.in_features, d, n, "full", head.min_scale, head.groups)
+    new = new.to(head.linear.weight)
     new.scale_floor.copy_(head.scale_floor)
     m = d * (d + 1) // 2
     pos = [j * (j + 3) // 2 for j in range(d)]  # where (j, j) sits in the packed rows

@@ -66,42 +66,39 @@ def test_the_choice_depends_on_random_state_only():
         torch.testing.assert_close(t, results[1][1][name], rtol=0, atol=0, msg=name)
 
 
-def test_the_simplest_within_half_a_standard_error_is_kept():
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(200, generator=g, dtype=torch.float64)
-    pairs = [(2, "diagonal"), (3, "diagonal")]
-    noise = 0.3 * torch.randn(200, generator=g, dtype=torch.float64)
+def _rows(seed=0, n=200):
+    """Per-row validation NLLs of a best candidate, centred noise, and the paired standard
+    error of ``best + noise + c``, for any shift c."""
+    g = torch.Generator().manual_seed(seed)
+    best = torch.randn(n, generator=g, dtype=torch.float64)
+    noise = 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
     noise -= noise.mean()
-    se = float(noise.std() / 200**0.5)  # the paired standard error of either shift below
-    # worse than the best by noise only (0.4 standard errors): the simpler is kept
-    idx, records, reason = choose([base + noise + 0.4 * se, base], pairs)
-    assert idx == 0 and "within 0.5 paired standard error(s)" in reason
-    assert [r["n_components"] for r in records] == [2, 3]
-    assert records[0]["se_vs_best"] == pytest.approx(se)
-    # worse by 0.7 standard errors: the better one is taken
-    idx, _, reason = choose([base + noise + 0.7 * se, base], pairs)
-    assert idx == 1 and "lowest" in reason
-    # a clear gain (0.5 nats on every row) is taken
-    idx, records, reason = choose([base + 0.5, base], pairs)
-    assert idx == 1 and records[1]["se_vs_best"] == 0.0
+    return best, noise, float(noise.std() / n**0.5)
 
 
-def test_one_component_is_chosen_only_when_it_is_the_best():
-    g = torch.Generator().manual_seed(1)
-    best = torch.randn(200, generator=g, dtype=torch.float64)
-    noise = 0.3 * torch.randn(200, generator=g, dtype=torch.float64)
-    noise -= noise.mean()
-    se = float(noise.std() / 200**0.5)
-    pairs = [(1, "diagonal"), (2, "diagonal"), (5, "diagonal")]
-    # one and two components both within noise of five: two is kept, not one
-    idx, _, reason = choose([best + noise + 0.2 * se, best + noise + 0.3 * se, best], pairs)
-    assert idx == 1 and "simplest mixture within" in reason
-    # one component best of all: chosen
-    idx, _, reason = choose([best, best + noise + 0.2 * se, best + 0.1], pairs)
-    assert idx == 0 and "lowest" in reason
-    # with one candidate of more components beside one, the better one of the two wins
-    idx, _, _ = choose([best + noise + 0.2 * se, best], pairs[::2])
-    assert idx == 1
+def test_every_candidate_within_two_standard_errors_is_averaged():
+    best, noise, se = _rows()
+    pairs = [(1, "diagonal"), (2, "diagonal"), (3, "diagonal"), (5, "diagonal")]
+    rows = [best + noise + 2.5 * se, best + noise + 1.5 * se, best, best + noise + 1.9 * se]
+    kept, records, reason = choose(rows, pairs)
+    assert kept == [1, 2, 3]  # simplest first; 2.5 standard errors is out
+    assert [r["kept"] for r in records] == [False, True, True, True]
+    assert records[1]["se_vs_best"] == pytest.approx(se) and records[2]["se_vs_best"] == 0.0
+    assert "average of the 3 candidates within 2 paired standard errors" in reason
+    assert "2+3+5 diagonal" in reason and "3 diagonal: " in reason  # the best named
+    # one candidate clearly best (0.5 nats on every row): it alone
+    kept, _, reason = choose([best + 0.5, best, best + 0.4], pairs[:3])
+    assert kept == [1] and "lowest validation NLL" in reason
+    # one component is averaged like any other candidate when it is within noise
+    kept, _, _ = choose([best, best + noise + 0.5 * se], pairs[:2])
+    assert kept == [0, 1]
+
+
+def test_only_the_best_covariance_type_is_averaged():
+    best, noise, se = _rows(1)
+    pairs = [(2, "diagonal"), (2, "full"), (3, "full")]
+    kept, records, _ = choose([best + noise + 0.1 * se, best, best + noise + 0.5 * se], pairs)
+    assert kept == [1, 2] and not records[0]["kept"]
 
 
 def _bimodal(n, seed=0):
@@ -124,8 +121,25 @@ def test_auto_finds_two_branches_and_reports_the_choice():
     one = next(r for r in h.capacity["tried"] if r["n_components"] == 1)
     assert one["val_nll"] > h.best_val_nll + 0.3  # one Gaussian cannot fit two branches
     assert isinstance(h.capacity["reason"], str) and h.capacity["reason"]
-    # the installed model is the chosen candidate's best state: it scores what was recorded
     assert not model.training
+
+
+def test_the_installed_average_scores_what_was_recorded():
+    """The installed model is the kept heads' average at the recorded epoch: on the
+    validation rows it scores the validation NLL the choice saw."""
+    x, y = _bimodal(400)
+    xv, yv = _bimodal(200, seed=1)
+    model = _model()
+    h = fit(model, x, y, validation_data=(xv, yv), max_epochs=30, random_state=0, progress=False)
+    sizes = h.capacity["chosen"]["averaged"]
+    assert sum(sizes) == model.n_components
+    assert model.head.groups == (tuple(sizes) if len(sizes) > 1 else None)
+    kept = [r for r in h.capacity["tried"] if r["kept"]]
+    assert [r["n_components"] for r in kept] == sizes
+    with torch.no_grad():
+        nll = float(-model.log_prob(xv, yv).mean())
+    assert nll == pytest.approx(h.best_val_nll, abs=1e-4)
+    assert h.best_val_nll <= min(r["val_nll"] for r in kept) + 1e-4 or len(sizes) == 1
 
 
 def test_auto_keeps_one_gaussian_data_simple():
@@ -134,7 +148,15 @@ def test_auto_keeps_one_gaussian_data_simple():
     y = 2 * x + 0.3 * torch.randn(150, 1, generator=g)
     model = _model()
     h = fit(model, x, y, max_epochs=30, validation_fraction=0.2, random_state=0, progress=False)
-    assert model.n_components <= 2, h.capacity
+    assert min(h.capacity["chosen"]["averaged"]) <= 2, h.capacity
+    assert _mode_counts(model, x) == {1}, h.capacity  # an average of heads adds no mode
+
+
+def _mode_counts(model, x):
+    """The set of mode counts (library threshold) of the model's density over ``x``."""
+    with torch.no_grad():
+        _, _, valid = model(x).modes()
+    return set(valid.sum(-1).tolist())
 
 
 def test_an_explicit_count_keeps_todays_behaviour():
@@ -198,8 +220,8 @@ def test_small_data_is_cross_validated():
     assert "5-fold cross-validation over 120 rows" in h.capacity["reason"]
     assert model.n_components == h.capacity["chosen"]["n_components"]
     assert len(h.capacity["tried"]) == len(LADDER)
-    # the chosen size was then trained on every row (no validation split) for the folds'
-    # median best epoch count: the history is its own
+    # the chosen sizes were then trained on every row (no validation split) for the folds'
+    # median best epoch count: the history is their own
     stop_after = int(re.search(r"for (\d+) epochs", h.capacity["reason"]).group(1))
     assert 1 <= stop_after <= 20 and h.epochs == stop_after == len(seen)
     assert not h.val_nll and h.best_val_nll < math.inf
@@ -218,4 +240,5 @@ def test_tiny_data_does_not_chase_two_validation_rows():
     model = MDN(2, 1, hidden=(16,))  # the defaults: capacity chosen from the data
     h = fit(model, x, y, max_epochs=30, random_state=0, progress=False)
     assert "cross-validation over 20 rows" in h.capacity["reason"]
+    assert h.capacity["chosen"]["averaged"] == [model.n_components]  # one size, not averaged
     assert model.n_components <= 2, h.capacity

@@ -101,6 +101,10 @@ class MDNHead(nn.Module):
         covariance_type: ``"diagonal"``, ``"isotropic"`` or ``"full"``.
         min_scale: the floor on standard deviations (``1e-3`` in standardised units matches
             scikit-learn's ``reg_covar=1e-6`` on variances).
+        groups: ``None`` (one mixture), or the component counts of equally weighted
+            sub-mixtures, summing to ``n_components``: the weights are a softmax within each
+            group, divided by the number of groups (an average of mixtures, as installed by
+            ``n_components="auto"`` when several candidate sizes fit equally well).
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class MDNHead(nn.Module):
         n_components: int,
         covariance_type: str = "diagonal",
         min_scale: float = 1e-3,
+        groups: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if covariance_type not in COVARIANCE_TYPES:
@@ -125,6 +130,7 @@ class MDNHead(nn.Module):
         self.n_components = n = integer("n_components", n_components)
         self.covariance_type = covariance_type
         self.min_scale = float(min_scale)
+        self.groups = _groups(groups, n)
         #: per-dimension floor on standard deviations (>= min_scale); MDN.standardize raises it
         #: to the resolution of a target recorded on a grid (see MDN's ``target_resolution``)
         self.register_buffer("scale_floor", torch.full((d,), self.min_scale))
@@ -258,7 +264,7 @@ class MDNHead(nn.Module):
     def forward(self, h: Tensor) -> GaussianMixture:
         """Map features ``(*, in_features)`` to a GaussianMixture with batch shape ``*``."""
         n, d = self.n_components, self.out_features
-        out = self.linear(h)
+        out = self.group_normalized(self.linear(h))
         kind = HEAD_KINDS[self.covariance_type]
         floor = self.floor
         if not self.mean_grad_scaling:  # log_prob reads the output as it is
@@ -274,12 +280,37 @@ class MDNHead(nn.Module):
         loc = _scale_grad(loc, scale if self.covariance_type == "diagonal" else scale.unsqueeze(-1))
         return GaussianMixture(logits, loc, scale=scale, validate_args=False)
 
+    def group_normalized(self, out: Tensor) -> Tensor:
+        """The linear layer's output with, for a head of :attr:`groups`, each group's logits
+        replaced by its log-softmax minus ``log(len(groups))``: log-weights that already sum to
+        one, which the mixture's softmax then leaves as they are."""
+        if self.groups is None:
+            return out
+        n, shift = self.n_components, math.log(len(self.groups))
+        parts = [g.log_softmax(-1) - shift for g in out[..., :n].split(self.groups, -1)]
+        return torch.cat([*parts, out[..., n:]], -1)
+
     def extra_repr(self) -> str:
+        groups = "" if self.groups is None else f", groups={list(self.groups)}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"n_components={self.n_components}, covariance_type={self.covariance_type!r}, "
-            f"min_scale={self.min_scale}"
+            f"min_scale={self.min_scale}{groups}"
         )
+
+
+def _groups(groups: Sequence[int] | None, n: int) -> tuple[int, ...] | None:
+    """``groups`` checked: positive component counts summing to ``n`` (``None`` stays)."""
+    if groups is None:
+        return None
+    if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
+        raise InputError(f"groups must be a sequence of component counts or None; got {groups!r}")
+    counts = tuple(integer("group size", g) for g in groups)
+    if sum(counts) != n:
+        raise InputError(
+            f"groups must add up to n_components={n}; got {list(counts)} (sum {sum(counts)})"
+        )
+    return counts if len(counts) > 1 else None
 
 
 def _as_model_dtype(t: Tensor, like: Tensor, name: str) -> Tensor:
@@ -322,6 +353,10 @@ class MDN(nn.Module):
             spikes that result score arbitrarily well on grid points and arbitrarily badly
             between them.
         feature_names, target_names: optional column names, kept in saved models.
+        groups: ``None`` (one mixture), or component counts summing to an integer
+            ``n_components``: the head is an equally weighted average of mixtures of those
+            sizes (see :class:`MDNHead`). ``fit`` installs such a head when
+            ``n_components="auto"`` finds several candidate sizes equally good.
 
     Example:
         >>> import torch, torchmdn
@@ -342,9 +377,14 @@ class MDN(nn.Module):
         target_resolution: str | float | Sequence[float] | None = "auto",
         feature_names: Sequence[str] | None = None,
         target_names: Sequence[str] | None = None,
+        groups: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         in_features = integer("in_features", in_features)
+        if groups is not None and n_components == "auto":
+            raise InputError(
+                f"groups={groups!r} needs an integer n_components (their sum); got 'auto'"
+            )
         out_features = integer("out_features", out_features)
         self.target_resolution = self._check_resolution(target_resolution, out_features)
         #: capacity still to be chosen from the data by fit (see torchmdn.training.capacity)
@@ -357,7 +397,8 @@ class MDN(nn.Module):
         covariance_type = "diagonal" if covariance_type == "auto" else covariance_type
         self.backbone = MLP(in_features, _widths(hidden), activation)
         self.head = MDNHead(
-            self.backbone.out_features, out_features, n_components, covariance_type, min_scale
+            self.backbone.out_features, out_features, n_components, covariance_type, min_scale,
+            groups,
         )
         self.in_features, self.out_features = in_features, out_features
         self.feature_names = None if feature_names is None else [str(c) for c in feature_names]
@@ -388,6 +429,7 @@ class MDN(nn.Module):
             "target_resolution": self.target_resolution,
             "feature_names": self.feature_names,
             "target_names": self.target_names,
+            "groups": None if self.head.groups is None else list(self.head.groups),
         }
 
     @property

@@ -25,15 +25,21 @@ from ..nn.mdn import MDN, MDNHead
 from ..ops import fused, kernel
 from ..ops.layout import HEAD_KINDS, unpack_precision
 
-__all__ = ["Ladder"]
+__all__ = ["Ladder", "SAMPLE_ROWS"]
+
+#: validation inputs kept by the recorder (see ``_Recorder``)
+SAMPLE_ROWS = 64
 
 
 class _Recorder:
     """Per-head validation NLL of the epoch being scored; shared by a module and its copies
-    (the training loop's moving average of the weights is a deep copy: scored, not trained)."""
+    (the training loop's moving average of the weights is a deep copy: scored, not trained).
+    ``inputs`` keeps the first :data:`SAMPLE_ROWS` validation inputs scored (every epoch
+    scores the same rows), for checks on the candidates afterwards."""
 
     def __init__(self, n_heads: int) -> None:
         self.n_heads = n_heads
+        self.inputs: Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -55,7 +61,7 @@ class Ladder(nn.Module):
         members = []
         with torch.random.fork_rng(devices=[]):  # the heads' initial weights come from seed
             torch.manual_seed(seed)
-            heads = [MDN(**{**cfg, "n_components": k, "covariance_type": cov})
+            heads = [MDN(**{**cfg, "n_components": k, "covariance_type": cov, "groups": None})
                      for k, cov in self.candidates]  # fmt: skip
         for m in heads:
             m.load_state_dict(
@@ -126,6 +132,8 @@ class Ladder(nn.Module):
             for i in range(len(self.members)):
                 self.recorder.rows[i].append(-lps[:, i].detach().double().cpu())
             self.recorder.source = self
+            if self.recorder.inputs is None:
+                self.recorder.inputs = x[:SAMPLE_ROWS].detach().clone()
         return lps.mean(-1)
 
     def head_log_probs(self, h: Tensor, z: Tensor) -> Tensor:
