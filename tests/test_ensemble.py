@@ -80,6 +80,19 @@ def test_a_diagonal_head_turns_into_an_equal_full_one():
         torch.testing.assert_close(m.log_prob(x, y), before)
 
 
+def test_a_grouped_diagonal_head_turns_into_an_equal_grouped_full_one():
+    """A head that averages sub-mixtures (as n_components="auto" installs) keeps them."""
+    x, y = torch.randn(9, 2, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    torch.manual_seed(0)
+    m = MDN(2, 2, n_components=5, hidden=(8,), groups=[2, 3]).double().standardize(x, y)
+    with torch.no_grad():
+        m.head.linear.weight.normal_()
+        before = m.log_prob(x, y)
+        full_covariance(m)
+        assert m.head.groups == (2, 3) and m.head.covariance_type == "full"
+        torch.testing.assert_close(m.log_prob(x, y), before)
+
+
 def test_diagonal_and_full_members_combine_as_full():
     (a,), x, y = _members(2, counts=(2,))
     (b,), _, _ = _members(2, "full", counts=(3,))

@@ -69,10 +69,11 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
     Args:
         n_components: ``"auto"`` (default): chosen from the training rows by validation
             likelihood over 1, 2, 3, 5, 8, 12 and 20 components (and 32 for a multi-column
-            y) trained together on one backbone, keeping the simplest within half a paired
-            standard error of the best, one component only when it is the best
-            (:mod:`torchmdn.training.capacity`); ``n_components_`` says which. An integer
-            fixes the number of Gaussian components.
+            y) trained together on one backbone; the candidates within two paired standard
+            errors of the best are averaged into one mixture (under 250 rows, the simplest
+            within half of one, by cross-validation; :mod:`torchmdn.training.capacity`);
+            ``n_components_`` says how many components in all. An integer fixes the number
+            of Gaussian components.
         covariance_type: ``"auto"`` (default): with ``n_components="auto"`` and a
             multi-column y, full for 2-3 columns, from 4 chosen with the component count;
             otherwise diagonal; or ``"diag"``, ``"spherical"``, ``"full"`` (scikit-learn's

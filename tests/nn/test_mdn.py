@@ -263,3 +263,88 @@ def test_kmeans_start_of_many_components_is_linear_in_them():
     head.initialize(torch.randn(200, 1, generator=torch.Generator().manual_seed(0)))
     assert time.perf_counter() - started < 20  # was 55 s (cubic in the components)
     assert torch.isfinite(head.linear.bias).all()
+
+
+def _split_head(head, sizes):
+    """Plain heads of ``sizes`` components holding the grouped ``head``'s output rows."""
+    n, d = head.n_components, head.out_features
+    per = head.output_split[2] // n
+    parts, start = [], 0
+    for k in sizes:
+        sub = MDNHead(head.in_features, d, k, head.covariance_type, head.min_scale)
+        sub = sub.to(head.linear.weight)
+        rows = [r for c in range(start, start + k) for r in head.component_rows(c)]
+        own = [r for c in range(k) for r in sub.component_rows(c)]
+        with torch.no_grad():
+            sub.linear.weight[own] = head.linear.weight[rows]
+            sub.linear.bias[own] = head.linear.bias[rows]
+        parts.append(sub)
+        start += k
+    assert per * n == head.output_split[2]
+    return parts
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("sizes", [(1, 2), (2, 3, 5), (1, 1)])
+def test_a_grouped_head_is_the_average_of_its_groups(device, kind, d, sizes):
+    """Oracle: each group as a plain head of its own rows, densities averaged in float64."""
+    torch.manual_seed(0)
+    head = MDNHead(6, d, sum(sizes), kind, groups=sizes).double().to(device)
+    with torch.no_grad():
+        head.linear.weight.normal_(0, 0.5)
+        head.linear.bias.normal_(0, 0.5)
+    h = torch.randn(2, 9, 6, dtype=torch.float64, device=device)
+    y = torch.randn(2, 9, d, dtype=torch.float64, device=device)
+    gm = head(h)
+    expected = torch.stack([sub(h).log_prob(y) for sub in _split_head(head, sizes)])
+    expected = torch.logsumexp(expected, 0) - math.log(len(sizes))
+    torch.testing.assert_close(gm.log_prob(y), expected)
+    # the weights: each group's sum to 1 / (number of groups)
+    w = gm.logits.softmax(-1).split(sizes, -1)
+    for part in w:
+        torch.testing.assert_close(part.sum(-1), torch.full((2, 9), 1 / len(sizes)).to(part))
+    # the same with the RNADE gradient scaling on (another code path), and a gradient
+    head.mean_grad_scaling = True
+    lp = head(h).log_prob(y)
+    torch.testing.assert_close(lp, expected)
+    lp.sum().backward()
+    assert torch.isfinite(head.linear.weight.grad).all()
+
+
+def test_groups_are_checked_and_kept_by_save_and_load(tmp_path):
+    import torchmdn
+
+    with pytest.raises(InputError, match=r"groups must add up to n_components=5; got \[2, 2\]"):
+        MDNHead(4, 1, 5, groups=[2, 2])
+    with pytest.raises(InputError, match="group size must be a positive integer; got 0"):
+        MDNHead(4, 1, 2, groups=[2, 0])
+    with pytest.raises(InputError, match="groups must be a sequence"):
+        MDNHead(4, 1, 2, groups=2)
+    with pytest.raises(InputError, match="needs an integer n_components"):
+        MDN(1, 1, groups=[2, 3])
+    assert MDNHead(4, 1, 3, groups=[3]).groups is None  # one group: a plain mixture
+    torch.manual_seed(0)
+    model = MDN(2, 1, n_components=5, hidden=(8,), groups=[2, 3])
+    assert model.config()["groups"] == [2, 3] and "groups=[2, 3]" in repr(model.head)
+    x, y = torch.randn(30, 2), torch.randn(30, 1)
+    model.standardize(x, y)
+    loaded = torchmdn.load(torchmdn.save(model, tmp_path / "m.safetensors"))
+    assert loaded.head.groups == (2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_prob(x, y), model.log_prob(x, y))
+
+
+def test_a_grouped_model_trains_and_keeps_its_groups():
+    import torchmdn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 1, generator=g) * 2 - 1
+    y = torch.sin(3 * x) + 0.2 * torch.randn(200, 1, generator=g)
+    torch.manual_seed(0)
+    model = MDN(1, 1, n_components=5, hidden=(16,), groups=[2, 3])
+    h = torchmdn.fit(model, x, y, max_epochs=30, random_state=0, progress=False)
+    assert h.train_nll[-1] < h.train_nll[0] and model.head.groups == (2, 3)
+    with torch.no_grad():
+        w = model(x).logits.softmax(-1)
+    torch.testing.assert_close(w[:, :2].sum(-1), torch.full((200,), 0.5))

@@ -149,6 +149,9 @@ def test_auto_keeps_one_gaussian_data_simple():
     model = _model()
     h = fit(model, x, y, max_epochs=30, validation_fraction=0.2, random_state=0, progress=False)
     assert min(h.capacity["chosen"]["averaged"]) <= 2, h.capacity
+    # large heads that brought modes into the average were dropped (and say so)
+    kept = [r["n_components"] for r in h.capacity["tried"] if r["kept"]]
+    assert kept == h.capacity["chosen"]["averaged"]
     assert _mode_counts(model, x) == {1}, h.capacity  # an average of heads adds no mode
 
 

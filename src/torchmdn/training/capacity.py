@@ -301,8 +301,9 @@ def _without_new_modes(
         records[largest]["kept"] = False
     if dropped:
         sizes = "+".join(str(pairs[i][0]) for i in kept)
-        reason += (f"; without {', '.join(str(pairs[i][0]) for i in dropped)} (their average "
-                   f"had more modes per input than the best head alone, {allowed:.2f}): {sizes}")  # fmt: skip
+        reason += (f"; then {', '.join(str(pairs[i][0]) for i in dropped)} left out (with "
+                   "them the average had more modes per input than the best head alone, "
+                   f"{allowed:.2f} on {len(x)} validation inputs): {sizes}")  # fmt: skip
     return kept, reason
 
 

@@ -33,7 +33,9 @@ class History:
         time_s: wall-clock seconds spent in ``fit`` (this call only).
         capacity: for a model whose capacity ``fit`` chose (``n_components="auto"``): the
             candidates tried (``"tried"``: component count, covariance, validation NLL,
-            paired standard error against the best), ``"chosen"`` and the ``"reason"``.
+            paired standard error against the best, whether it was kept), ``"chosen"``
+            (the total component count, the covariance type and the sizes ``"averaged"``)
+            and the ``"reason"``.
     """
 
     train_nll: list[float] = field(default_factory=list)

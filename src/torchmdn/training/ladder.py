@@ -28,7 +28,7 @@ from ..ops.layout import HEAD_KINDS, unpack_precision
 __all__ = ["Ladder", "SAMPLE_ROWS"]
 
 #: validation inputs kept by the recorder (see ``_Recorder``)
-SAMPLE_ROWS = 64
+SAMPLE_ROWS = 32
 
 
 class _Recorder:
