@@ -28,10 +28,10 @@ CASES = [("diagonal", 1), ("diagonal", 2), ("isotropic", 1), ("isotropic", 3), (
 TOL = 1e-5
 
 
-def _model(covariance: str, d: int, seed: int = 0) -> MDN:
+def _model(covariance: str, d: int, seed: int = 0, groups: list[int] | None = None) -> MDN:
     """A small model with non-trivial weights and standardisation (float32)."""
     g = torch.Generator().manual_seed(seed)
-    model = MDN(4, d, n_components=3, hidden=(16, 16), covariance_type=covariance)
+    model = MDN(4, d, n_components=3, hidden=(16, 16), covariance_type=covariance, groups=groups)
     x = torch.randn(256, 4, generator=g) * 2.0 + 1.0
     y = torch.randn(256, d, generator=g) * 1.5 - 2.0
     model.standardize(x, y)
@@ -155,3 +155,17 @@ def test_onnx_and_program_from_a_model_on_the_device(tmp_path, device):
     with torch.no_grad():
         lp = program.module()(x.to(device), y)[0]
         torch.testing.assert_close(lp, model.log_prob(x.to(device), y), rtol=TOL, atol=TOL)
+
+
+def test_a_grouped_head_exports(tmp_path):
+    """A head averaging sub-mixtures (what n_components="auto" installs) exports like any."""
+    model = _model("full", 2, groups=[1, 2])
+    x = _rows(7)
+    y = torch.randn(7, 2) * 1.5 - 2.0
+    with torch.no_grad():
+        expected = model.log_prob(x, y)
+    mixture = load_onnx_mixture(export_onnx(model, tmp_path / "g.onnx"))(x.numpy())
+    assert (mixture.log_prob(y) - expected).abs().max() <= TOL
+    with torch.no_grad():
+        got = export_program(model).module()(x, y)[0]
+    assert (got - expected).abs().max() <= TOL

@@ -9,7 +9,7 @@ import torch
 import torchmdn
 from torchmdn import MDN, fit
 from torchmdn.training.capacity import candidates
-from torchmdn.training.ladder import Ladder
+from torchmdn.training.ladder import SAMPLE_ROWS, Ladder
 
 
 def _model(d=1, cov="auto"):
@@ -85,6 +85,26 @@ def test_the_ladder_on_each_device(device, d):
     assert all(p.device.type == device.type for p in model.parameters())
     assert model.n_components == h.capacity["chosen"]["n_components"]
     assert all(math.isfinite(r["val_nll"]) for r in h.capacity["tried"])
+    # the installed model averages the kept heads, on the device (a grouped head)
+    assert model.head.groups in (None, tuple(h.capacity["chosen"]["averaged"]))
+    with torch.no_grad():
+        assert torch.isfinite(model.log_prob(x, y)).all()
+
+
+def test_the_recorder_keeps_a_sample_of_the_validation_inputs():
+    """Scoring records every head's per-row NLL and keeps the first rows scored (the inputs
+    the capacity choice checks its average's modes on)."""
+    x, y = _curve(100, 1, "cpu")
+    ladder, _, _ = _ladder(_model(), x, y)
+    ladder.eval()
+    with torch.no_grad():
+        ladder.log_prob(x[:50], y[:50])
+        ladder.log_prob(x[50:], y[50:])  # a second batch: the sample stays the first rows
+    rec = ladder.recorder
+    assert len(rec.rows) == len(ladder.members) and len(rec.rows[0]) == 2
+    torch.testing.assert_close(rec.inputs, x[:SAMPLE_ROWS])
+    rec.reset()
+    assert not rec.rows[0] and rec.inputs is not None  # the sample outlives an epoch
 
 
 @pytest.mark.parametrize("padded", [False, True])

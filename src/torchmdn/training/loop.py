@@ -485,7 +485,8 @@ class Run:
             history.val_nll.append(value)
         if value < history.best_val_nll:
             history.best_val_nll, history.best_epoch = value, epoch
-            self.best_state = copy_state(self.ema_model)
+            if not getattr(self.model, "keeps_best_states", False):
+                self.best_state = copy_state(self.ema_model)
             self.since_best = 0
         else:
             self.since_best += 1
