@@ -45,19 +45,18 @@ checkpoints train the model's initial head (5 components) as a fixed model, and 
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..nn.mdn import MDN, MDNHead
+from ..nn.mdn import MDN
+from .average import average_nll, best_epoch, install, without_new_modes
 from .history import History
-from .ladder import Ladder
+from .ladder import train_ladder
 from .length import plan, validation_rows
 
 __all__ = [
@@ -145,24 +144,12 @@ def choose(
     return kept, records, reason
 
 
-def _average_nll(rows: Tensor, kept: Sequence[int]) -> float:
-    """Mean NLL of the equally weighted average of the ``kept`` heads' densities, from the
-    per-row NLLs of every head ``(rows, heads)``."""
-    lp = torch.logsumexp(-rows[:, list(kept)], -1) - math.log(len(kept))
-    return float(-lp.mean())
-
-
-def _best_epoch(best: Sequence[_Best], kept: Sequence[int]) -> _Best:
-    """Of the heads' best epochs, the one where the average of the ``kept`` heads scores
-    best (for one head, its own best epoch)."""
-    return min(best, key=lambda b: _average_nll(b.all_rows, kept))  # type: ignore[arg-type]
-
-
 #: under cross-validation, the simplest candidate whose pooled NLL is within this many
 #: paired standard errors of the best is trained (:func:`simplest`). Half, not the textbook
-#: one: with one, a single Gaussian was kept on UCI energy splits whose validation rows could not show its thin tails (test NLL 8.1 and
-#: 2.4 against 0.47 for five components), and on generated Student-t and bimodal problems
-#: half a standard error chose better than one (benchmarks/RESULTS.md)
+#: one: with one (when one head was chosen for every data size), a single Gaussian was kept
+#: on UCI energy splits whose validation rows could not show its thin tails (test NLL 8.1
+#: and 2.4 against 0.47 for five components), and on generated Student-t and bimodal
+#: problems half a standard error chose better than one (benchmarks/RESULTS.md)
 TOLERANCE_SE = 0.5
 
 
@@ -249,7 +236,7 @@ def select_capacity(
     folds = _folds(x, kwargs)
     if folds is not None:  # too few validation rows to choose on: cross-validate
         return _cross_validated(model, x, y, fit, kwargs, pairs, folds)
-    history, best, inputs = _train_ladder(model, pairs, x, y, fit, kwargs, keep_states=True)
+    history, best, inputs = train_ladder(model, pairs, x, y, fit, kwargs, keep_states=True)
     if not (history.val_nll and all(b.state is not None for b in best)):
         # a candidate never scored a finite validation NLL: nothing to compare
         k, cov = pairs[0]
@@ -259,101 +246,17 @@ def select_capacity(
         return _report(history, records, [pairs[0]], reason)
     kept, records, reason = choose([b.rows for b in best], pairs)  # type: ignore[misc]
     if len(kept) > 1 and inputs is not None and model.out_features == 1:
-        kept, reason = _without_new_modes(model, best, kept, pairs, inputs, records, reason)
-    at = _best_epoch(best, kept)
-    history.best_val_nll, history.best_epoch = _average_nll(at.all_rows, kept), at.epoch
-    _install(model, at.state, kept, pairs)  # type: ignore[arg-type]
+        kept, reason = without_new_modes(model, best, kept, pairs, inputs, records, reason)
+    at = best_epoch(best, kept)
+    history.best_val_nll, history.best_epoch = average_nll(at.all_rows, kept), at.epoch
+    install(model, at.state, kept, pairs)  # type: ignore[arg-type]
     return _report(history, records, [pairs[i] for i in kept], reason)
-
-
-def _mean_modes(model: MDN, x: Tensor) -> float:
-    """Mean number of modes (above the library's negligible-mode threshold) of the model's
-    density at the inputs ``x``."""
-    with torch.no_grad():
-        _, _, valid = model(x).modes()
-    return float(valid.sum(-1).double().mean())
-
-
-def _without_new_modes(
-    model: MDN, best: Sequence[_Best], kept: list[int], pairs: Sequence[tuple[int, str]],
-    x: Tensor, records: list[dict[str, Any]], reason: str,
-) -> tuple[list[int], str]:
-    """The kept heads less the largest ones (never the best) until their average has no more
-    modes per input, on the validation inputs ``x``, than the best head alone: an average of
-    densities can have bumps that none of them has (two slightly shifted unimodal heads), and
-    a large head that over-fits a few rows brings its spikes in. Updates ``records``.
-
-    (Measured against the simplest kept head instead, the pruning went on to the best head
-    alone, spikes included, more often: more invented modes, not fewer; benchmarks/RESULTS.md.)"""
-    top = min(kept, key=lambda i: best[i].value)
-    trial = copy.deepcopy(model)
-    _install(trial, best[top].state, [top], pairs)  # type: ignore[arg-type]
-    allowed = _mean_modes(trial, x)
-    dropped: list[int] = []
-    while len(kept) > 1:
-        _install(trial, _best_epoch(best, kept).state, kept, pairs)  # type: ignore[arg-type]
-        found = _mean_modes(trial, x)
-        if found <= allowed:
-            break
-        largest = max((i for i in kept if i != top), key=lambda i: pairs[i][0])
-        kept = [i for i in kept if i != largest]
-        dropped.append(largest)
-        records[largest]["kept"] = False
-    if dropped:
-        sizes = "+".join(str(pairs[i][0]) for i in kept)
-        reason += (f"; then {', '.join(str(pairs[i][0]) for i in dropped)} left out (with "
-                   "them the average had more modes per input than the best head alone, "
-                   f"{allowed:.2f} on {len(x)} validation inputs): {sizes}")  # fmt: skip
-    return kept, reason
 
 
 #: with fewer validation rows than this, the capacity is chosen by cross-validation
 MIN_VALIDATION_ROWS = 25
 #: folds of that cross-validation
 CV_FOLDS = 5
-
-
-@dataclass
-class _Best:
-    """A candidate's best epoch in a ladder: its validation NLL, the epoch (0-based), its
-    per-row validation NLLs, every head's at that epoch ``(rows, heads)`` and (when kept) the
-    ladder's state then (shared by the heads whose best epoch it is)."""
-
-    value: float = math.inf
-    epoch: int = -1
-    rows: Tensor | None = None
-    all_rows: Tensor | None = None
-    state: dict[str, Tensor] | None = None
-
-
-def _train_ladder(
-    model: MDN, pairs: Sequence[tuple[int, str]], x: Any, y: Any, fit: Callable[..., History],
-    kwargs: dict[str, Any], keep_states: bool,
-) -> tuple[History, list[_Best], Tensor | None]:
-    """Train every candidate head on one backbone; for each, its best epoch (with the
-    ladder's state when ``keep_states``). Also returns a sample of the validation inputs."""
-    ladder = Ladder(model, pairs, int(kwargs["random_state"]))
-    ladder.to(next(model.parameters()))
-    best = [_Best() for _ in pairs]
-    user_callback = kwargs.get("callback")
-
-    def keep_best(epoch: int, history: History) -> bool | None:
-        rec = ladder.recorder
-        if rec.source is not None and rec.rows[0]:
-            all_rows = torch.stack([torch.cat(r) for r in rec.rows], -1)
-            state: dict[str, Tensor] | None = None  # copied once for the heads that improved
-            for i in range(len(pairs)):
-                value = float(all_rows[:, i].mean())
-                if value >= best[i].value:
-                    continue
-                if keep_states and state is None:
-                    state = {n: t.detach().clone() for n, t in rec.source.state_dict().items()}
-                best[i] = _Best(value, epoch, all_rows[:, i], all_rows, state)
-        rec.reset()
-        return user_callback(epoch, history) if user_callback is not None else None
-
-    history = fit(ladder, x, y, **{**kwargs, "callback": keep_best})
-    return history, best, ladder.recorder.inputs
 
 
 def _folds(x: Any, kwargs: dict[str, Any]) -> list[Tensor] | None:
@@ -390,7 +293,7 @@ def _cross_validated(
         rest = torch.cat([f for i, f in enumerate(folds) if i != j])
         fold_kwargs = {**kwargs, "validation_data": (_rows(x, held), _rows(y, held)),
                        "progress": False, "callback": None}  # fmt: skip
-        _, best, _ = _train_ladder(
+        _, best, _ = train_ladder(
             model, pairs, _rows(x, rest), _rows(y, rest), fit, fold_kwargs, keep_states=False
         )
         for i, b in enumerate(best):
@@ -447,32 +350,3 @@ def _train_fixed(
         model.to(next(model.backbone.parameters()))
     model.auto_components = model.auto_covariance = False
     return fit(model, x, y, **kwargs)
-
-
-@torch.no_grad()
-def _install(
-    model: MDN, state: dict[str, Tensor], members: Iterable[int], pairs: Sequence[tuple[int, str]]
-) -> None:
-    """Give ``model`` the backbone of a ladder's ``state`` and the heads of its ``members``
-    (``pairs`` gives each member's size): one head, or for several a head of their summed
-    size whose groups are the members' mixtures, equally weighted."""
-    members = list(members)
-    old = model.head
-    d, cov = old.out_features, pairs[members[0]][1]
-    sizes = [pairs[i][0] for i in members]
-    head = MDNHead(old.in_features, d, sum(sizes), cov, old.min_scale, sizes)
-    own = {n[len(f"members.{members[0]}."):]: t for n, t in state.items()
-           if n.startswith(f"members.{members[0]}.")}  # normalisers and floor  # fmt: skip
-    blocks: list[list[Tensor]] = [[], [], []]  # logits, means, scale parameters
-    for p in ("weight", "bias"):
-        for i, k in zip(members, sizes, strict=True):
-            t = state[f"members.{i}.head.linear.{p}"]
-            for block, part in zip(blocks, t.split([k, k * d, len(t) - k - k * d]), strict=True):
-                block.append(part)
-        own[f"head.linear.{p}"] = torch.cat([torch.cat(b) for b in blocks])
-        blocks = [[], [], []]
-    backbone = {n: t for n, t in state.items() if n.startswith("backbone.")}
-    model.head = head.to(next(old.parameters()))
-    model.load_state_dict({**backbone, **own})
-    model.auto_components = model.auto_covariance = False
-    model.eval()

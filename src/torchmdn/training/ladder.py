@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +26,9 @@ from ..distributions.mixture import GaussianMixture
 from ..nn.mdn import MDN, MDNHead
 from ..ops import fused, kernel
 from ..ops.layout import HEAD_KINDS, unpack_precision
+from .history import History
 
-__all__ = ["Ladder", "SAMPLE_ROWS"]
+__all__ = ["HeadBest", "Ladder", "SAMPLE_ROWS", "train_ladder"]
 
 #: validation inputs kept by the recorder (see ``_Recorder``)
 SAMPLE_ROWS = 32
@@ -253,3 +256,46 @@ class Ladder(nn.Module):
         self._pad_cache = (pad, (len(self.members), n_max))
         return self._pad_cache
 
+
+@dataclass
+class HeadBest:
+    """A candidate's best epoch in a ladder: its validation NLL, the epoch (0-based), its
+    per-row validation NLLs, every head's at that epoch ``(rows, heads)`` and (when kept) the
+    ladder's state then (shared by the heads whose best epoch it is)."""
+
+    value: float = math.inf
+    epoch: int = -1
+    rows: Tensor | None = None
+    all_rows: Tensor | None = None
+    state: dict[str, Tensor] | None = None
+
+
+def train_ladder(
+    model: MDN, pairs: Sequence[tuple[int, str]], x: Any, y: Any, fit: Callable[..., History],
+    kwargs: dict[str, Any], keep_states: bool,
+) -> tuple[History, list[HeadBest], Tensor | None]:
+    """Train a :class:`Ladder` of ``model``'s candidates ``pairs`` with ``fit`` (its keyword
+    arguments ``kwargs``); for each head, its best epoch (with the ladder's state then when
+    ``keep_states``). Also returns a sample of the validation inputs."""
+    ladder = Ladder(model, pairs, int(kwargs["random_state"]))
+    ladder.to(next(model.parameters()))
+    best = [HeadBest() for _ in pairs]
+    user_callback = kwargs.get("callback")
+
+    def keep_best(epoch: int, history: History) -> bool | None:
+        rec = ladder.recorder
+        if rec.source is not None and rec.rows[0]:
+            all_rows = torch.stack([torch.cat(r) for r in rec.rows], -1)
+            state: dict[str, Tensor] | None = None  # copied once for the heads that improved
+            for i in range(len(pairs)):
+                value = float(all_rows[:, i].mean())
+                if value >= best[i].value:
+                    continue
+                if keep_states and state is None:
+                    state = {n: t.detach().clone() for n, t in rec.source.state_dict().items()}
+                best[i] = HeadBest(value, epoch, all_rows[:, i], all_rows, state)
+        rec.reset()
+        return user_callback(epoch, history) if user_callback is not None else None
+
+    history = fit(ladder, x, y, **{**kwargs, "callback": keep_best})
+    return history, best, ladder.recorder.inputs

@@ -1,0 +1,82 @@
+"""The kept candidates' average: the grouped head installed from a ladder's state equals the
+average of those heads, the epoch it is taken at, and the check against invented modes."""
+
+import math
+
+import pytest
+import torch
+
+from torchmdn import MDN
+from torchmdn.training.average import average_nll, best_epoch, install, without_new_modes
+from torchmdn.training.capacity import candidates
+from torchmdn.training.ladder import HeadBest, Ladder
+
+
+def _ladder(d, seed=0):
+    """A ladder of an auto model's candidates with random heads, standardised on random data."""
+    torch.manual_seed(seed)
+    model = MDN(2, d, hidden=(8,)).double()
+    pairs = candidates(model)
+    ladder = Ladder(model, pairs, seed=seed).double()
+    x, y = torch.randn(40, 2, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
+    ladder.standardize(x, y)
+    with torch.no_grad():
+        for m in ladder.members:
+            m.head.linear.weight.normal_(0, 0.5)
+            m.head.linear.bias.normal_(0, 0.5)
+    return model, pairs, ladder.eval(), x, y
+
+
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("members", [[0, 2, 4], [3], [1, 6]])
+def test_the_installed_head_is_the_average_of_the_kept_heads(d, members):
+    """Oracle: each member of the ladder scored alone, densities averaged in float64."""
+    model, pairs, ladder, x, y = _ladder(d)
+    with torch.no_grad():
+        each = torch.stack([ladder.members[i].log_prob(x, y) for i in members])
+        expected = torch.logsumexp(each, 0) - math.log(len(members))
+        install(model, ladder.state_dict(), members, pairs)
+        got = model.log_prob(x, y)
+    torch.testing.assert_close(got, expected)
+    assert model.n_components == sum(pairs[i][0] for i in members)
+    assert model.head.groups == (None if len(members) == 1 else tuple(pairs[i][0] for i in members))
+    assert not model.auto_components and not model.training
+
+
+def test_average_nll_and_the_epoch_it_is_taken_at():
+    rows = torch.tensor([[1.0, 3.0], [2.0, 0.5]], dtype=torch.float64)  # (rows, heads) NLLs
+    expected = -torch.logsumexp(-rows, -1).sub(math.log(2)).mean()
+    assert average_nll(rows, [0, 1]) == pytest.approx(float(expected))
+    assert average_nll(rows, [1]) == pytest.approx(1.75)
+    # each head's best epoch; the average of both is best at the second head's
+    a = HeadBest(1.0, 3, all_rows=torch.tensor([[1.0, 5.0]], dtype=torch.float64))
+    b = HeadBest(0.2, 7, all_rows=torch.tensor([[1.5, 0.2]], dtype=torch.float64))
+    assert best_epoch([a, b], [0, 1]) is b and best_epoch([a, b], [0]) is a
+
+
+def _set_components(ladder, i, locs, scale):
+    """Member ``i``'s head: components at ``locs`` with ``scale``, equal weights, for any x."""
+    head = ladder.members[i].head
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.zero_()
+        for k, loc in enumerate(locs):
+            head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
+
+
+def test_heads_that_bring_modes_are_left_out():
+    """A narrow, spread-out large head averaged with a unimodal best head adds modes: it is
+    left out (and its record says so); a head that agrees with the best is kept."""
+    model, pairs, ladder, x, _ = _ladder(1)
+    _set_components(ladder, 0, [0.0], 1.0)  # one component: the best
+    _set_components(ladder, 1, [0.1, -0.1], 1.0)  # two components, nearly on top: unimodal
+    _set_components(ladder, 2, [-4.0, 0.0, 4.0], 0.2)  # three, narrow and far apart
+    state = ladder.state_dict()
+    rows = torch.zeros(5, len(pairs), dtype=torch.float64)
+    best = [HeadBest(float(i), 0, rows[:, i], rows, state) for i in range(len(pairs))]
+    records = [{"kept": True} for _ in pairs]
+    kept, reason = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
+    assert kept == [0, 1] and not records[2]["kept"] and records[1]["kept"]
+    assert reason.startswith("start; then 3 left out") and "more modes per input" in reason
+    kept, reason = without_new_modes(model, best, [0, 1], pairs, x[:8], records, "start")
+    assert kept == [0, 1] and reason == "start"
