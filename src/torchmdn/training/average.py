@@ -86,14 +86,13 @@ def install(
     head = MDNHead(old.in_features, d, sum(sizes), cov, old.min_scale, sizes)
     own = {n[len(f"members.{members[0]}."):]: t for n, t in state.items()
            if n.startswith(f"members.{members[0]}.")}  # normalisers and floor  # fmt: skip
-    blocks: list[list[Tensor]] = [[], [], []]  # logits, means, scale parameters
-    for p in ("weight", "bias"):
+    for p in ("weight", "bias"):  # each member's rows into the layout's three blocks
+        blocks: list[list[Tensor]] = [[], [], []]  # logits, means, scale parameters
         for i, k in zip(members, sizes, strict=True):
             t = state[f"members.{i}.head.linear.{p}"]
             for block, part in zip(blocks, t.split([k, k * d, len(t) - k - k * d]), strict=True):
                 block.append(part)
         own[f"head.linear.{p}"] = torch.cat([torch.cat(b) for b in blocks])
-        blocks = [[], [], []]
     backbone = {n: t for n, t in state.items() if n.startswith("backbone.")}
     model.head = head.to(next(old.parameters()))
     model.load_state_dict({**backbone, **own})
