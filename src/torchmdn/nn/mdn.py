@@ -335,8 +335,9 @@ class MDN(nn.Module):
         out_features: dimension of the target ``y``.
         n_components: ``"auto"`` (default): the number of mixture components is chosen from
             the training data by :func:`torchmdn.fit` (see :mod:`torchmdn.training.capacity`;
-            until then the head has 5 components); or an integer, which fixes it.
-            ``model.n_components`` says how many.
+            until then the head has 5 components), possibly as an average of several
+            candidate sizes (``groups``); or an integer, which fixes it.
+            ``model.n_components`` says how many in all.
         hidden: widths of the hidden layers.
         covariance_type: ``"auto"`` (default): with ``n_components="auto"`` and a target of
             d > 1 columns, full (d <= 3) or, from d = 4, diagonal or full chosen from the data
