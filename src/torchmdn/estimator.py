@@ -68,7 +68,7 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
 
     Args:
         n_components: ``"auto"`` (default): chosen from the training rows by validation
-            likelihood over 1, 2, 3, 5, 8, 12 and 20 components (and 32 for a multi-column
+            likelihood over 1, 2, 3, 5, 12 and 20 components (and 32 for a multi-column
             y) trained together on one backbone; the candidates within two paired standard
             errors of the best are averaged into one mixture (under 250 rows, the simplest
             within half of one, by cross-validation; :mod:`torchmdn.training.capacity`);
