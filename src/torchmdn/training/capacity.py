@@ -5,7 +5,7 @@ one shared backbone with one mixture head per candidate (1, 2, 3, 5, 12 and 20
 components, and 32 for a target of d > 1 dimensions; with ``covariance_type="auto"`` full
 covariances for 2 or 3 target columns, from 4 columns each count both diagonal and full),
 trained together on the mean of their NLLs (:class:`~torchmdn.training.ladder.Ladder`). An
-epoch costs about 1.7-1.8x one 5-component model's on the UCI sets (kin8nm, yacht; one
+epoch costs about 1.6-1.7x one 5-component model's on the UCI sets (kin8nm, yacht; one
 thread); the heads' initial weights come from ``random_state`` like everything else. After
 every epoch each head's per-row validation NLL is recorded, and at each head's best epoch
 the ladder's state is kept.
