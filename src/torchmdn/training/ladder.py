@@ -5,7 +5,8 @@ trained together (see :mod:`torchmdn.training.capacity`, which chooses among the
 head; when the training loop scores the validation rows each head's per-row values are
 recorded. The heads are evaluated together: their linear layers as one matrix product and
 their mixtures as one padded log-sum-exp, or, on the CPU, each head alone by the compiled
-kernel (padding evaluates every head at the largest head's size).
+kernel (padding evaluates every head at the largest head's size). :func:`train_ladder`
+trains one with :func:`torchmdn.fit` and keeps each head's best epoch (:class:`HeadBest`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..nn.mdn import MDN, MDNHead
 from ..ops import fused, kernel
 from ..ops.layout import HEAD_KINDS, unpack_precision
 from .history import History
+from .state import copy_state
 
 __all__ = ["HeadBest", "Ladder", "SAMPLE_ROWS", "train_ladder"]
 
@@ -292,7 +294,7 @@ def train_ladder(
                 if value >= best[i].value:
                     continue
                 if keep_states and state is None:
-                    state = {n: t.detach().clone() for n, t in rec.source.state_dict().items()}
+                    state = copy_state(rec.source)
                 best[i] = HeadBest(value, epoch, all_rows[:, i], all_rows, state)
         rec.reset()
         return user_callback(epoch, history) if user_callback is not None else None
