@@ -19,8 +19,8 @@ rows cannot tell apart is more robust than betting on one (on 300 rows of six ge
 problems, three seeds, test excess NLL 0.19 against 0.33 for the simplest candidate within
 half a standard error, the rule before; at 2000 rows 0.035 against 0.041). For a
 one-column target the average must not have more modes per input, on the validation
-inputs, than the simplest kept head alone: the largest kept heads are dropped until it has
-none more (an average of densities can have bumps that none of them has). The
+inputs, than the best head alone: the largest kept heads are dropped until it has none more
+(an average of densities can have bumps that none of them has). The
 :class:`~torchmdn.History` holds every candidate's validation NLL, which were kept and the
 reason (``history.capacity``); ``model.n_components`` is the total.
 
