@@ -200,10 +200,11 @@ class Ladder(nn.Module):
         """:meth:`head_log_probs` with each head's mixture evaluated alone by the compiled
         kernel, on its columns of the one matrix product, all heads one autograd node
         (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates every head at the
-        largest size (for one column 7 x 20 component slots where 51 are used, for full
-        heads three times the components); at batch 128 (one thread, backbone included)
-        a step of the one- and two-column ladders took 1.8 and 3.5 ms this way against 3.0
-        and 5.2 padded. On CUDA the compiled path would compile once per head size."""
+        largest size (for one column 6 x 20 component slots where 43 are used, for full
+        heads three times the components); at batch 128 (one thread, backbone included;
+        with an 8-component head still on the ladder) a step of the one- and two-column
+        ladders took 1.8 and 3.5 ms this way against 3.0 and 5.2 padded. On CUDA the
+        compiled path would compile once per head size."""
         heads = [m.head for m in self.members]
         weight = torch.cat([hd.linear.weight for hd in heads])
         bias = torch.cat([hd.linear.bias for hd in heads])
