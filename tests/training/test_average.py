@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from torchmdn import MDN
-from torchmdn.training.average import average_nll, best_epoch, install, without_new_modes
+from torchmdn.training.average import (
+    MODE_GUARD_SE,
+    average_nll,
+    average_rows,
+    best_epoch,
+    install,
+    without_new_modes,
+)
 from torchmdn.training.capacity import candidates
 from torchmdn.training.ladder import HeadBest, Ladder
 
@@ -64,14 +71,19 @@ def _set_components(ladder, i, locs, scale):
             head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
 
 
+def _three_heads():
+    """One component, two nearly on top of each other (unimodal) and three narrow, far apart."""
+    model, pairs, ladder, x, _ = _ladder(1)
+    _set_components(ladder, 0, [0.0], 1.0)
+    _set_components(ladder, 1, [0.1, -0.1], 1.0)
+    _set_components(ladder, 2, [-4.0, 0.0, 4.0], 0.2)
+    return model, pairs, ladder.state_dict(), x
+
+
 def test_heads_that_bring_modes_are_left_out():
     """A narrow, spread-out large head averaged with a unimodal best head adds modes: it is
     left out (and its record says so); a head that agrees with the best is kept."""
-    model, pairs, ladder, x, _ = _ladder(1)
-    _set_components(ladder, 0, [0.0], 1.0)  # one component: the best
-    _set_components(ladder, 1, [0.1, -0.1], 1.0)  # two components, nearly on top: unimodal
-    _set_components(ladder, 2, [-4.0, 0.0, 4.0], 0.2)  # three, narrow and far apart
-    state = ladder.state_dict()
+    model, pairs, state, x = _three_heads()  # the one-component head scores best
     rows = torch.zeros(5, len(pairs), dtype=torch.float64)
     best = [HeadBest(float(i), 0, rows[:, i], rows, state) for i in range(len(pairs))]
     records = [{"kept": True} for _ in pairs]
@@ -80,3 +92,32 @@ def test_heads_that_bring_modes_are_left_out():
     assert reason.startswith("start; then 3 left out") and "more modes per input" in reason
     kept, reason = without_new_modes(model, best, [0, 1], pairs, x[:8], records, "start")
     assert kept == [0, 1] and reason == "start"
+
+
+@pytest.mark.parametrize("best_head", [0, 2])
+def test_modes_are_checked_against_the_simplest_kept_head(best_head):
+    """The spiky head is left out when the validation rows cannot tell the heads apart, even
+    when it scored best: its modes are measured against the simplest kept head's."""
+    model, pairs, state, x = _three_heads()
+    rows = torch.randn(30, len(pairs), generator=torch.Generator().manual_seed(0)).double()
+    values = [0.0 if i == best_head else 1.0 for i in range(len(pairs))]
+    best = [HeadBest(values[i], 0, rows[:, i], rows, state) for i in range(len(pairs))]
+    records = [{"kept": True} for _ in pairs]
+    kept, reason = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
+    assert kept == [0, 1] and not records[2]["kept"]
+    assert "than the simplest kept head" in reason
+
+
+def test_modes_the_validation_rows_need_are_kept():
+    """When the average scores clearly worse on the validation rows without the head that
+    brings the modes, it stays, and the reason gives the rise against its standard error."""
+    model, pairs, state, x = _three_heads()
+    rows = torch.rand(30, len(pairs), generator=torch.Generator().manual_seed(0)).double()
+    rows[:, 2] -= 3.0  # the three-component head fits every validation row far better
+    best = [HeadBest(float(rows[:, i].mean()), 0, rows[:, i], rows, state) for i in range(len(pairs))]
+    records = [{"kept": True} for _ in pairs]
+    kept, reason = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
+    assert kept == [0, 1, 2] and records[2]["kept"]
+    rise = float((average_rows(rows, [0, 1]) - average_rows(rows, [0, 1, 2])).mean())
+    assert rise > 1 and f"validation NLL rose by {rise:.4f}" in reason
+    assert f"more than {MODE_GUARD_SE:g} paired standard error" in reason

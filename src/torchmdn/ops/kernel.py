@@ -375,14 +375,19 @@ def heads_log_prob(
     out, value = out.contiguous(), value.contiguous()
     if torch.is_grad_enabled() and (out.requires_grad or value.requires_grad):
         return _HeadsLogProb.apply(out, value, spec, widths)
-    parts = out.split(widths, -1)
-    return torch.stack(
-        [
-            torch.ops.torchmdn.head_forward(part.contiguous(), floor, value, kind, n, False)[0]
-            for part, (kind, n, floor) in zip(parts, spec, strict=True)
-        ],
-        -1,
-    )
+    return torch.stack([lp for lp, _, _ in _heads_forward(out, value, spec, widths, False)], -1)
+
+
+def _heads_forward(
+    out: Tensor, value: Tensor, spec: Sequence[tuple[int, int, Tensor]], widths: list[int],
+    keep: bool,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The kernel's forward pass on each head's columns of ``out``: ``(log p, r, p)`` per head
+    (``r``, ``p``: what the backward pass needs, when ``keep``)."""
+    return [
+        torch.ops.torchmdn.head_forward(part.contiguous(), floor, value, kind, n, keep)
+        for part, (kind, n, floor) in zip(out.split(widths, -1), spec, strict=True)
+    ]
 
 
 def _reference(kind: int, transposed: bool, P: int, floor: Tensor):
@@ -466,19 +471,15 @@ class _HeadsLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, value, spec, widths):
-        parts = [part.contiguous() for part in out.split(widths, -1)]
-        results = [
-            torch.ops.torchmdn.head_forward(part, floor, value, kind, n, True)
-            for part, (kind, n, floor) in zip(parts, spec, strict=True)
-        ]
+        results = _heads_forward(out, value, spec, widths, True)
         ctx.spec, ctx.widths = spec, widths
-        ctx.save_for_backward(out, value, *parts, *(t for _, r, p in results for t in (r, p)))
+        ctx.save_for_backward(out, value, *(t for _, r, p in results for t in (r, p)))
         return torch.stack([lp for lp, _, _ in results], -1)
 
     @staticmethod
     def backward(ctx, g):
-        out, value, *saved = ctx.saved_tensors
-        parts, rp = saved[: len(ctx.spec)], saved[len(ctx.spec) :]
+        out, value, *rp = ctx.saved_tensors
+        parts = [part.contiguous() for part in out.split(ctx.widths, -1)]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
 
             def fn(out: Tensor, value: Tensor) -> Tensor:

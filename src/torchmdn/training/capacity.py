@@ -18,9 +18,11 @@ a few dozen validation rows the ranking of the candidates is noise; averaging th
 rows cannot tell apart is more robust than betting on one (on 300 rows of six generated
 problems, three seeds, test excess NLL 0.19 against 0.33 for the simplest candidate within
 half a standard error, the rule before; at 2000 rows 0.035 against 0.041). For a
-one-column target the average must not have more modes per input, on the validation
-inputs, than the best head alone: the largest kept heads are dropped until it has none more
-(an average of densities can have bumps that none of them has). The
+one-column target the average should not have more modes per input, on the validation
+inputs, than the simplest kept head alone: the largest kept heads are dropped until it has
+none more, unless the validation rows need the next one (without it the average scores more
+than a paired standard error worse): an average of densities can have bumps that none of
+them has, and a large head that over-fits a few rows brings its spikes. The
 :class:`~torchmdn.History` holds every candidate's validation NLL, which were kept and the
 reason (``history.capacity``); ``model.n_components`` is the total.
 
