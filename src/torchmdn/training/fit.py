@@ -257,7 +257,7 @@ def fit(
             run.train(patience, callback, checkpoint, checkpoint_every)
         finally:
             run.end()  # frees DDP while the process group still exists
-    if not getattr(model, "keeps_best_states", False):  # (the capacity ladder keeps its own)
+    if run.tracks_best:
         model.load_state_dict(run.best_state)
     model.eval()
     run.history.time_s = time.perf_counter() - run.started

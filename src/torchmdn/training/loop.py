@@ -138,6 +138,9 @@ class Run:
         self.history = History()
         self.step, self.start_epoch, self.since_best, self.lr_mult = 0, 0, 0, 1.0
         self.best_state = copy_state(self.ema_model)
+        # a model that keeps its own best states (the capacity ladder: one per head) is
+        # neither copied at each better epoch nor restored at the end
+        self.tracks_best = not getattr(model, "keeps_best_states", False)
         self.net: Callable[[Tensor, Tensor], Tensor] | None = None  # set by begin()
         self.check_every = _CHECK_EVERY.get(self.device.type, _CHECK_EVERY_ELSEWHERE)
         self.compile = False  # fit(compile=True) sets it before begin()
@@ -485,7 +488,7 @@ class Run:
             history.val_nll.append(value)
         if value < history.best_val_nll:
             history.best_val_nll, history.best_epoch = value, epoch
-            if not getattr(self.model, "keeps_best_states", False):
+            if self.tracks_best:
                 self.best_state = copy_state(self.ema_model)
             self.since_best = 0
         else:
