@@ -353,7 +353,7 @@ def test_mdn_head_float32_kernel_equals_tensor_path(covariance):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
 
 
-def heads_output(d, dtype=F64):
+def heads_output(d, dtype=F64, rows=9):
     """Four heads of different kinds and sizes, their outputs side by side ``(rows, W)``."""
     g = torch.Generator().manual_seed(3)
     spec = [
@@ -363,19 +363,20 @@ def heads_output(d, dtype=F64):
         (layout.PACKED, 2, 0.05 + 0.1 * torch.rand(d, generator=g, dtype=dtype)),
     ]
     width = sum(layout.head_width(kind, n, d) for kind, n, _ in spec)
-    out = torch.randn(9, width, generator=g, dtype=dtype)
+    out = torch.randn(rows, width, generator=g, dtype=dtype)
     out[0, -1] += 25.0  # a raw scale above softplus' threshold (20)
-    y = torch.randn(9, d, generator=g, dtype=dtype)
+    y = torch.randn(rows, d, generator=g, dtype=dtype)
     return spec, out.requires_grad_(), y.requires_grad_()
 
 
+@pytest.mark.parametrize("rows", [9, 700])  # 700: several tiles of rows per head
 @pytest.mark.parametrize("d", [1, 3])
-def test_several_heads_in_one_call_equal_each_head_alone(d):
+def test_several_heads_in_one_call_equal_each_head_alone(d, rows):
     """Values and gradients of ``fused.heads_log_prob`` (one kernel node for all heads)
     against each head's columns evaluated alone on the tensor-level path."""
-    spec, out, y = heads_output(d)
+    spec, out, y = heads_output(d, rows=rows)
     lp = fused.heads_log_prob(out, spec, y)
-    assert lp.grad_fn.name() == "_HeadsLogProbBackward" and lp.shape == (9, len(spec))
+    assert lp.grad_fn.name() == "_HeadsLogProbBackward" and lp.shape == (rows, len(spec))
     w = torch.randn(lp.shape, generator=torch.Generator().manual_seed(4), dtype=F64)
     got = torch.autograd.grad((lp * w).sum(), (out, y))
     parts = out.split([layout.head_width(kind, n, d) for kind, n, _ in spec], -1)

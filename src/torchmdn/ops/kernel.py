@@ -362,8 +362,9 @@ def heads_log_prob(
     apply (it needs ``value (N, d)``, one row per output row, and ``W`` the heads' widths).
 
     ``heads`` holds each head's ``(kind, n_components, floor)`` in the order of its columns.
-    One autograd node for all of them (a kernel call per head in each direction): evaluating
-    the heads as separate nodes cost more in Python and autograd than in the kernel.
+    One autograd node and one kernel call for all of them in each direction: a call per head
+    (forward and backward, batch 128, the six one-column heads of ``n_components="auto"``)
+    took 233 us against 86 us for one head of all 43 components.
     """
     if not _ready(out) or out.dim() != 2 or value.dim() != 2 or value.shape[0] != out.shape[0]:
         return None
@@ -375,19 +376,16 @@ def heads_log_prob(
     out, value = out.contiguous(), value.contiguous()
     if torch.is_grad_enabled() and (out.requires_grad or value.requires_grad):
         return _HeadsLogProb.apply(out, value, spec, widths)
-    return torch.stack([lp for lp, _, _ in _heads_forward(out, value, spec, widths, False)], -1)
+    return _heads_call(out, value, spec, False)[0].t()
 
 
-def _heads_forward(
-    out: Tensor, value: Tensor, spec: Sequence[tuple[int, int, Tensor]], widths: list[int],
-    keep: bool,
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """The kernel's forward pass on each head's columns of ``out``: ``(log p, r, p)`` per head
-    (``r``, ``p``: what the backward pass needs, when ``keep``)."""
-    return [
-        torch.ops.torchmdn.head_forward(part.contiguous(), floor, value, kind, n, keep)
-        for part, (kind, n, floor) in zip(out.split(widths, -1), spec, strict=True)
-    ]
+def _heads_call(
+    out: Tensor, value: Tensor, spec: Sequence[tuple[int, int, Tensor]], keep: bool
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The kernel's forward pass over every head: ``log p`` ``(heads, N)`` and each head's
+    ``r`` and ``p`` (what the backward pass needs, when ``keep``)."""
+    kinds, ns, floors = ([s[i] for s in spec] for i in range(3))
+    return torch.ops.torchmdn.heads_forward(out, floors, value, kinds, ns, keep)
 
 
 def _reference(kind: int, transposed: bool, P: int, floor: Tensor):
@@ -471,15 +469,14 @@ class _HeadsLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, value, spec, widths):
-        results = _heads_forward(out, value, spec, widths, True)
+        lp, r, p = _heads_call(out, value, spec, True)
         ctx.spec, ctx.widths = spec, widths
-        ctx.save_for_backward(out, value, *(t for _, r, p in results for t in (r, p)))
-        return torch.stack([lp for lp, _, _ in results], -1)
+        ctx.save_for_backward(out, value, *r, *p)
+        return lp.t()
 
     @staticmethod
     def backward(ctx, g):
         out, value, *rp = ctx.saved_tensors
-        parts = [part.contiguous() for part in out.split(ctx.widths, -1)]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
 
             def fn(out: Tensor, value: Tensor) -> Tensor:
@@ -493,14 +490,12 @@ class _HeadsLogProb(torch.autograd.Function):
                 )
 
             return reference.grads(fn, (out, value), g) + (None, None)
-        douts, dvalue = [], None
-        for i, (part, (kind, n, floor)) in enumerate(zip(parts, ctx.spec, strict=True)):
-            dout, dy = torch.ops.torchmdn.head_backward(
-                g[:, i].contiguous(), rp[2 * i], rp[2 * i + 1], part, floor, value, kind, n
-            )
-            douts.append(dout)
-            dvalue = dy if dvalue is None else dvalue + dy
-        return _wanted(ctx, (torch.cat(douts, -1), dvalue)) + (None, None)
+        heads = len(ctx.spec)
+        kinds, ns, floors = ([s[i] for s in ctx.spec] for i in range(3))
+        grads = torch.ops.torchmdn.heads_backward(
+            g.t(), rp[:heads], rp[heads:], out, floors, value, kinds, ns
+        )
+        return _wanted(ctx, grads) + (None, None)
 
 
 def _wanted(ctx, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:

@@ -4,8 +4,8 @@ trained together (see :mod:`torchmdn.training.capacity`, which chooses among the
 ``Ladder.log_prob`` is the mean of the heads' log-likelihoods, so one training run fits every
 head; when the training loop scores the validation rows each head's per-row values are
 recorded. The heads are evaluated together: their linear layers as one matrix product and
-their mixtures as one padded log-sum-exp, or, on the CPU, each head alone by the compiled
-kernel (padding evaluates every head at the largest head's size). :func:`train_ladder`
+their mixtures as one padded log-sum-exp, or, on the CPU, each head at its own size by one
+call of the compiled kernel (padding evaluates every head at the largest head's size). :func:`train_ladder`
 trains one with :func:`torchmdn.fit` and keeps each head's best epoch (:class:`HeadBest`).
 """
 
@@ -197,9 +197,9 @@ class Ladder(nn.Module):
         return lp - 0.5 * d * LOG_2PI
 
     def each_head_log_prob(self, h: Tensor, z: Tensor) -> Tensor:
-        """:meth:`head_log_probs` with each head's mixture evaluated alone by the compiled
-        kernel, on its columns of the one matrix product, all heads one autograd node
-        (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates every head at the
+        """:meth:`head_log_probs` with each head's mixture evaluated at its own size by the
+        compiled kernel, on its columns of the one matrix product, all heads one autograd node
+        and one kernel call (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates every head at the
         largest size (for one column 6 x 20 component slots where 43 are used, for full
         heads three times the components); at batch 128 (one thread, backbone included;
         with an 8-component head still on the ladder) a step of the one- and two-column

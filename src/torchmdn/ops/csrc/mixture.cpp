@@ -14,7 +14,7 @@
 // factor [P, n, d(d+1)/2] (kPacked, with floor [d]); all contiguous, one dtype, N a multiple
 // of P: value row i uses the parameters of row i % P (a leading sample shape broadcast
 // against the batch). head_forward/backward take an MDN head's output rows [P, F] instead
-// (gather_head). Forward returns log p [N], the responsibilities r and the weights
+// (gather_head), heads_forward/backward several heads' outputs side by side in one pass. Forward returns log p [N], the responsibilities r and the weights
 // softmax(logits) (component-major [n, N] and [n, P]: all the backward needs besides the
 // inputs); backward returns the gradients of the inputs (zero above a factor's diagonal).
 // Parameter gradients accumulate over the value rows that share them, so the backward splits
@@ -26,6 +26,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -659,9 +660,10 @@ Plan plan(const Tensor& logits, const Tensor& loc, const Tensor& scale, const Te
   return pl;
 }
 
-// An MDN head's output [P, n + n d + scales] (see gather_head) as the parameters.
+// An MDN head's output [P, n + n d + scales] (see gather_head) as the parameters: all of
+// out's columns, or (heads_forward/backward) the head's columns from `offset` on.
 Plan plan_head(const Tensor& out, const Tensor& floor, const Tensor& value, int64_t kind,
-               int64_t n) {
+               int64_t n, int64_t offset = -1) {
   TORCH_CHECK(kind == kDiagonal || kind == kIsotropic || kind == kPacked,
               "torchmdn kernel: a head emits diagonal, isotropic or packed factors");
   for (const Tensor* t : {&out, &floor, &value}) {
@@ -670,7 +672,8 @@ Plan plan_head(const Tensor& out, const Tensor& floor, const Tensor& value, int6
   }
   TORCH_CHECK(out.dim() == 2 && value.dim() == 2 && n > 0, "torchmdn kernel: expects out [P, F], value [N, d]");
   Plan pl{kind, value.size(0), out.size(0), n, value.size(1), value.size(1), 1, out.size(1)};
-  TORCH_CHECK(pl.d > 0 && pl.ld == n + n * pl.d + pl.per_row() &&
+  const int64_t width = n + n * pl.d + pl.per_row();
+  TORCH_CHECK(pl.d > 0 && (offset < 0 ? pl.ld == width : offset + width <= pl.ld) &&
                   (pl.P == 0 ? pl.N == 0 : pl.N % pl.P == 0),
               "torchmdn kernel: inconsistent head output shape");
   TORCH_CHECK(floor.numel() == (kind == kIsotropic ? 1 : pl.d),
@@ -711,6 +714,73 @@ std::tuple<Tensor, Tensor> head_backward(const Tensor& grad, const Tensor& r, co
                             dout.mutable_data_ptr<scalar_t>(), nullptr, nullptr,
                             dy.mutable_data_ptr<scalar_t>());
   });
+  return {dout, dy};
+}
+
+// Several heads' outputs side by side in out [P, W] (head h: the next n_h + n_h d + scales
+// columns), each against the same values: log p [H, N] and each head's r and p.
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>> heads_forward(
+    const Tensor& out, at::TensorList floors, const Tensor& value, at::IntArrayRef kinds,
+    at::IntArrayRef ns, bool save) {
+  const int64_t H = static_cast<int64_t>(kinds.size());
+  TORCH_CHECK(H > 0 && floors.size() == kinds.size() && ns.size() == kinds.size(),
+              "torchmdn kernel: one floor, kind and component count per head");
+  Tensor lp = at::empty({H, value.size(0)}, value.options());
+  std::vector<Tensor> rs, ps;
+  int64_t offset = 0;
+  for (int64_t h = 0; h < H; ++h) {
+    const Plan pl = plan_head(out, floors[h], value, kinds[h], ns[h], offset);
+    Tensor r = at::empty({pl.n, save ? pl.N : 0}, value.options());
+    Tensor p = at::empty({pl.n, save ? pl.P : 0}, value.options());
+    AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_heads_forward", [&] {
+      forward_impl<scalar_t>(pl, out.const_data_ptr<scalar_t>() + offset, nullptr, nullptr,
+                             floors[h].const_data_ptr<scalar_t>(),
+                             value.const_data_ptr<scalar_t>(),
+                             lp.mutable_data_ptr<scalar_t>() + h * pl.N,
+                             save ? r.mutable_data_ptr<scalar_t>() : nullptr,
+                             save ? p.mutable_data_ptr<scalar_t>() : nullptr);
+    });
+    rs.push_back(r);
+    ps.push_back(p);
+    offset += pl.n + pl.n * pl.d + pl.per_row();
+  }
+  TORCH_CHECK(offset == out.size(1), "torchmdn kernel: the heads' widths must add up to out's");
+  return {lp, rs, ps};
+}
+
+// The gradients of heads_forward's inputs from the gradient of its log p [H, N].
+std::tuple<Tensor, Tensor> heads_backward(const Tensor& grad, at::TensorList r, at::TensorList p,
+                                          const Tensor& out, at::TensorList floors,
+                                          const Tensor& value, at::IntArrayRef kinds,
+                                          at::IntArrayRef ns) {
+  const int64_t H = static_cast<int64_t>(kinds.size());
+  TORCH_CHECK(H > 0 && floors.size() == kinds.size() && ns.size() == kinds.size() &&
+                  r.size() == kinds.size() && p.size() == kinds.size(),
+              "torchmdn kernel: one floor, kind, component count, r and p per head");
+  const Tensor g = grad.contiguous();
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == H && g.size(1) == value.size(0) &&
+                  g.scalar_type() == value.scalar_type(),
+              "torchmdn kernel: the gradient must be [heads, N]");
+  Tensor dout = at::empty_like(out), dy = at::zeros_like(value), dyh = at::empty_like(value);
+  int64_t offset = 0;
+  for (int64_t h = 0; h < H; ++h) {
+    const Plan pl = plan_head(out, floors[h], value, kinds[h], ns[h], offset);
+    TORCH_CHECK(r[h].numel() == pl.N * pl.n && p[h].numel() == pl.P * pl.n &&
+                    r[h].is_contiguous() && p[h].is_contiguous(),
+                "torchmdn kernel: saved tensors have the wrong shape");
+    AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "torchmdn_heads_backward", [&] {
+      backward_impl<scalar_t>(pl, g.const_data_ptr<scalar_t>() + h * pl.N,
+                              r[h].const_data_ptr<scalar_t>(), p[h].const_data_ptr<scalar_t>(),
+                              out.const_data_ptr<scalar_t>() + offset, nullptr,
+                              floors[h].const_data_ptr<scalar_t>(),
+                              value.const_data_ptr<scalar_t>(),
+                              dout.mutable_data_ptr<scalar_t>() + offset, nullptr, nullptr,
+                              dyh.mutable_data_ptr<scalar_t>());
+    });
+    dy.add_(dyh);
+    offset += pl.n + pl.n * pl.d + pl.per_row();
+  }
+  TORCH_CHECK(offset == out.size(1), "torchmdn kernel: the heads' widths must add up to out's");
   return {dout, dy};
 }
 
@@ -768,6 +838,10 @@ TORCH_LIBRARY(torchmdn, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("head_backward(Tensor g, Tensor r, Tensor p, Tensor out, Tensor floor, Tensor value, "
         "int kind, int n) -> (Tensor, Tensor)");
+  m.def("heads_forward(Tensor out, Tensor[] floors, Tensor value, int[] kinds, int[] ns, "
+        "bool save) -> (Tensor, Tensor[], Tensor[])");
+  m.def("heads_backward(Tensor g, Tensor[] r, Tensor[] p, Tensor out, Tensor[] floors, "
+        "Tensor value, int[] kinds, int[] ns) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(torchmdn, CPU, m) {
@@ -775,4 +849,6 @@ TORCH_LIBRARY_IMPL(torchmdn, CPU, m) {
   m.impl("mixture_backward", &mixture_backward);
   m.impl("head_forward", &head_forward);
   m.impl("head_backward", &head_backward);
+  m.impl("heads_forward", &heads_forward);
+  m.impl("heads_backward", &heads_backward);
 }
