@@ -1,6 +1,7 @@
 """The capacity ladder: every candidate head evaluated together equals each head alone
 (values and gradients, both ways of evaluating them), on each device."""
 
+import copy
 import math
 
 import pytest
@@ -130,3 +131,29 @@ def test_under_bf16_autocast_the_mixtures_are_float32(device, d, padded, monkeyp
     assert history.skipped_steps == 0
     assert all(math.isfinite(r["val_nll"]) for r in history.capacity["tried"])
     assert model.n_components == history.capacity["chosen"]["n_components"]
+
+
+def test_switching_modes_reaches_every_module_and_respects_custom_train():
+    """The ladder's flat mode switch: every submodule follows, a deep copy (the loop's moving
+    average) switches on its own, and a submodule with its own ``train`` is called."""
+    model = _model()
+    ladder = Ladder(model, candidates(model), seed=0)
+    assert ladder.eval() is ladder and not any(m.training for m in ladder.modules())
+    assert all(m.training for m in ladder.train().modules())
+    twin = copy.deepcopy(ladder).eval()
+    assert not any(m.training for m in twin.modules())
+    assert all(m.training for m in ladder.modules())
+    with pytest.raises(ValueError, match="boolean"):
+        ladder.train("no")
+
+    calls = []
+
+    class Custom(torch.nn.Identity):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    other = Ladder(model, candidates(model), seed=0)
+    other.members[0].head.add_module("custom", Custom())
+    other.eval()
+    assert calls == [False] and not any(m.training for m in other.modules())
