@@ -14,7 +14,9 @@ from torchmdn.training.capacity import (
     LADDER_EXTRA,
     candidates,
     choose,
+    fewer_modes,
 )
+from torchmdn.training.history import History
 
 
 def _model(d=1, **kw):
@@ -245,3 +247,49 @@ def test_tiny_data_does_not_chase_two_validation_rows():
     assert "cross-validation over 20 rows" in h.capacity["reason"]
     assert h.capacity["chosen"]["averaged"] == [model.n_components]  # one size, not averaged
     assert model.n_components <= 2, h.capacity
+
+
+def _with_components(model, locs, scale=0.2):
+    """Give ``model`` a fresh head with components at ``locs`` (standardised units), equal
+    weights, whatever the input."""
+    fresh = MDN(1, 1, hidden=(8,), n_components=len(locs)).double()
+    model.head = fresh.head
+    with torch.no_grad():
+        for k, loc in enumerate(locs):
+            model.head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
+
+
+@pytest.mark.parametrize("case", ["simpler", "no fewer modes", "rows need them"])
+def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(case):
+    """The chosen size (3 components, 2 modes) gives way to 2 (one mode) when the pooled rows
+    cannot tell them apart; stays when 2 has as many modes (restored as it was) or when
+    the rows clearly prefer 3."""
+    model = MDN(1, 1, hidden=(8,)).double()
+    x = torch.linspace(-1, 1, 40, dtype=torch.float64)[:, None]
+    model.standardize(x, x)
+    pairs = candidates(_model())
+    layouts = {2: [-4.0, -3.9, 4.0], 1: [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1],
+               0: [0.0]}  # fmt: skip
+    calls = []
+
+    def train(i):
+        calls.append(i)
+        _with_components(model, layouts[i])
+        return History(), 10 + i
+
+    g = torch.Generator().manual_seed(0)
+    pooled = [torch.rand(40, generator=g, dtype=torch.float64) for _ in pairs]
+    pooled[0] += 5.0  # one component: far behind
+    if case == "rows need them":
+        pooled[1] += 1.0
+    trained = train(2)
+    chosen_state = {k: v.clone() for k, v in model.state_dict().items()}
+    idx, (history, epochs), note = fewer_modes(model, x, pooled, pairs, 2, train, trained)
+    if case == "simpler":
+        assert (idx, epochs, model.n_components) == (1, 11, 2) and calls == [2, 1]
+        assert note.startswith("; then 2 instead of 3 (that had 2.00 modes per training input")
+    else:
+        assert (idx, epochs, model.n_components, note) == (2, 12, 3, "")
+        assert calls == ([2, 1] if case == "no fewer modes" else [2])
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(v, chosen_state[k])

@@ -34,8 +34,11 @@ the simplest candidate within half a paired standard error of the best is chosen
 (:func:`simplest`; one component only when it is the best), and trained on every
 row, with none held out, for the median of the folds' best epoch counts (on 50 rows of four
 generated problems, 3 seeds each, better than early stopping on 5 validation rows in 9 of
-12 cases, mean test excess NLL 0.46 against 0.86: benchmarks/RESULTS.md).
-This costs about 8-10 small fits, on data sets where one fit takes seconds. (An average
+12 cases, mean test excess NLL 0.46 against 0.86: benchmarks/RESULTS.md). For a
+one-column target, if that fit has more than one mode per input on the folds' held-out
+inputs, the next simpler size is trained instead when the pooled rows cannot tell it from the
+chosen one (within a paired standard error), and kept if it has fewer modes
+(:func:`fewer_modes`). This costs about 8-10 small fits, on data sets where one fit takes seconds. (An average
 there would have to be trained afresh on every row; so trained, on 50 rows of
 heteroscedastic noise, it had 3.4 modes per input where the truth has one.)
 
@@ -47,6 +50,7 @@ checkpoints train the model's initial head (5 components) as a fixed model, and 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,14 +60,22 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.mdn import MDN
-from .average import average_nll, best_epoch, install, without_new_modes
+from .average import (
+    MODE_GUARD_SE,
+    average_nll,
+    best_epoch,
+    install,
+    mean_modes,
+    without_new_modes,
+)
 from .history import History
 from .ladder import train_ladder
 from .length import plan, validation_rows
 
 __all__ = [
     "AVERAGE_SE", "CV_FOLDS", "FULL_ONLY_UP_TO", "LADDER", "LADDER_EXTRA", "MIN_VALIDATION_ROWS",
-    "TOLERANCE_SE", "candidates", "choose", "select_capacity", "simplest", "wants_selection",
+    "TOLERANCE_SE", "candidates", "choose", "fewer_modes", "select_capacity", "simplest",
+    "wants_selection",
 ]  # fmt: skip
 
 #: component counts tried by ``n_components="auto"``. Eight components were tried too until
@@ -294,34 +306,87 @@ def _cross_validated(
     already said when to stop, on five times as many validation rows as one split holds)."""
     per_row: list[list[Tensor]] = [[] for _ in pairs]
     epochs: list[list[int]] = [[] for _ in pairs]
+    held_inputs: list[Tensor] = []  # a sample of each fold's held-out inputs
     for j, held in enumerate(folds):
         rest = torch.cat([f for i, f in enumerate(folds) if i != j])
         fold_kwargs = {**kwargs, "validation_data": (_rows(x, held), _rows(y, held)),
                        "progress": False, "callback": None}  # fmt: skip
-        _, best, _ = train_ladder(
+        _, best, inputs = train_ladder(
             model, pairs, _rows(x, rest), _rows(y, rest), fit, fold_kwargs, keep_states=False
         )
+        if inputs is not None:
+            held_inputs.append(inputs)
         for i, b in enumerate(best):
             per_row[i].append(b.rows if b.rows is not None else torch.full((len(held),), math.inf))
             epochs[i].append(b.epoch)
-    idx, records, reason = simplest([torch.cat(r) for r in per_row], pairs)
-    k, cov = pairs[idx]
-    stop_after = max(1, int(np.median(epochs[idx])) + 1)
+    pooled = [torch.cat(r) for r in per_row]
+    idx, records, reason = simplest(pooled, pairs)
     user_callback = kwargs.get("callback")
-
-    def stop(epoch: int, history: History) -> bool:
-        asked = user_callback(epoch, history) if user_callback is not None else None
-        return bool(asked) or epoch + 1 >= stop_after
-
     # the folds' schedule (warm-up, cosine decay) spans their planned epochs: the same here
     planned, _ = plan(len(x) - len(folds[0]), kwargs["batch_size"], kwargs.get("max_epochs"),
                       kwargs.get("max_steps"), None)  # fmt: skip
-    final = {**kwargs, "validation_fraction": 0.0, "patience": None, "callback": stop,
-             "max_epochs": planned}  # fmt: skip
-    history = _train_fixed(model, k, cov, x, y, fit, final)  # the chosen size, every row
-    return _report(history, records, [(k, cov)], f"{CV_FOLDS}-fold cross-validation over {len(x)} "
-                   f"rows: {reason}; trained on every row for {stop_after} epochs (the folds' "
-                   "median best epoch)")  # fmt: skip
+
+    def train_final(i: int, trial: bool = False) -> tuple[History, int]:
+        """Candidate ``i`` trained on every row for its folds' median best epoch count (a
+        ``trial``, like a fold, without the caller's callback and progress bar)."""
+        stop_after = max(1, int(np.median(epochs[i])) + 1)
+        callback = None if trial else user_callback
+
+        def stop(epoch: int, history: History) -> bool:
+            asked = callback(epoch, history) if callback is not None else None
+            return bool(asked) or epoch + 1 >= stop_after
+
+        final = {**kwargs, "validation_fraction": 0.0, "patience": None, "callback": stop,
+                 "max_epochs": planned, **({"progress": False} if trial else {})}  # fmt: skip
+        return _train_fixed(model, *pairs[i], x, y, fit, final), stop_after
+
+    trained = train_final(idx)
+    if model.out_features == 1 and held_inputs:
+        sample = torch.cat(held_inputs)
+        idx, trained, note = fewer_modes(
+            model, sample, pooled, pairs, idx, lambda i: train_final(i, trial=True), trained
+        )
+        reason += note
+    history, stop_after = trained
+    return _report(history, records, [pairs[idx]], f"{CV_FOLDS}-fold cross-validation over "
+                   f"{len(x)} rows: {reason}; trained on every row for {stop_after} epochs (the "
+                   "folds' median best epoch)")  # fmt: skip
+
+
+def fewer_modes(
+    model: MDN, x: Tensor, pooled: Sequence[Tensor], pairs: Sequence[tuple[int, str]],
+    idx: int, train: Callable[[int], tuple[History, int]], trained: tuple[History, int],
+) -> tuple[int, tuple[History, int], str]:
+    """After cross-validation, for a one-column target: while ``model`` (candidate ``idx``,
+    just trained) has more than one mode per input on ``x`` (a sample of the training inputs;
+    the simplest candidate, one component, has one), the next simpler candidate is trained
+    instead if its pooled per-row NLL is within
+    :data:`~torchmdn.training.average.MODE_GUARD_SE` paired standard errors of the chosen
+    one's, and kept only if it has fewer modes (else the model is restored). ``train(i)``
+    trains candidate ``i`` into ``model`` and returns its history and epoch count;
+    ``trained`` is the chosen one's. Returns the candidate kept, its history and epoch count,
+    and a note for the reason (measured: benchmarks/RESULTS.md, "Small data")."""
+    chosen, note = idx, ""
+    found = mean_modes(model, x)
+    while idx > 0 and found > 1:
+        diff = pooled[idx - 1] - pooled[chosen]
+        diff = diff[torch.isfinite(diff)]
+        se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+        if not float(diff.mean()) <= MODE_GUARD_SE * se:
+            break
+        before = (copy.deepcopy(model), trained)
+        trained = train(idx - 1)
+        now = mean_modes(model, x)
+        if now >= found:  # no fewer modes: back to the one before
+            old, trained = before
+            model.head = old.head
+            model.load_state_dict(old.state_dict())
+            break
+        note += (f"; then {pairs[idx - 1][0]} instead of {pairs[idx][0]} (that had {found:.2f} "
+                 f"modes per training input, this {now:.2f}; pooled NLL within "
+                 f"{MODE_GUARD_SE:g} paired standard error(s) of the chosen)")  # fmt: skip
+        idx, found = idx - 1, now
+    return idx, trained, note
 
 
 def _report(
