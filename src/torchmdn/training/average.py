@@ -17,8 +17,13 @@ from .ladder import HeadBest
 
 __all__ = [
     "MODE_GUARD_SE", "average_nll", "average_rows", "best_epoch", "install", "mean_modes",
-    "without_new_modes",
+    "paired_se", "without_new_modes",
 ]
+
+
+def paired_se(diff: Tensor) -> float:
+    """The standard error of the mean of per-row differences ``diff`` (infinite for one row)."""
+    return float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
 
 
 def average_rows(rows: Tensor, kept: Sequence[int]) -> Tensor:
@@ -82,7 +87,7 @@ def without_new_modes(
         rest = [i for i in kept if i != largest]
         with_it = average_rows(at.all_rows, kept)  # type: ignore[arg-type]
         diff = average_rows(best_epoch(best, rest).all_rows, rest) - with_it  # type: ignore[arg-type]
-        se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+        se = paired_se(diff)
         if float(diff.mean()) > MODE_GUARD_SE * se:
             needed = (f"; the rest of the modes kept ({found:.2f} per input against "
                       f"{allowed:.2f}): without {pairs[largest][0]} components the validation "

@@ -38,9 +38,9 @@ generated problems, 3 seeds each, better than early stopping on 5 validation row
 one-column target, if that fit has more than one mode per input on the folds' held-out
 inputs, the next simpler size is trained instead when the pooled rows cannot tell it from the
 chosen one (within a paired standard error), and kept if it has fewer modes
-(:func:`fewer_modes`). This costs about 8-10 small fits, on data sets where one fit takes seconds. (An average
-there would have to be trained afresh on every row; so trained, on 50 rows of
-heteroscedastic noise, it had 3.4 modes per input where the truth has one.)
+(:func:`fewer_modes`). This costs about 8-10 small fits, on data sets where one fit takes
+seconds. (An average there would have to be trained afresh on every row; so trained, on 50
+rows of heteroscedastic noise, it had 3.4 modes per input where the truth has one.)
 
 Without a validation set (``validation_fraction=0`` and no ``validation_data``) nothing can
 compare candidates: one component is trained. Streamed data, data-parallel runs and
@@ -66,6 +66,7 @@ from .average import (
     best_epoch,
     install,
     mean_modes,
+    paired_se,
     without_new_modes,
 )
 from .history import History
@@ -143,7 +144,7 @@ def choose(
     records: list[dict[str, Any]] = []
     kept: list[int] = []
     for i, ((k, cov), r) in enumerate(zip(candidates, per_row, strict=True)):
-        se = float((r - per_row[best]).std() / math.sqrt(n)) if n > 1 else math.inf
+        se = paired_se(r - per_row[best])
         keep = i == best or (cov == covb and means[i] - means[best] <= AVERAGE_SE * se)
         records.append({"n_components": k, "covariance_type": cov, "val_nll": means[i],
                         "se_vs_best": se, "kept": keep})  # fmt: skip
@@ -189,7 +190,7 @@ def simplest(
     chosen = None
     for i, ((k, cov), r) in enumerate(zip(candidates, per_row, strict=True)):
         diff = r - per_row[best]
-        se = float(diff.std() / math.sqrt(n)) if n > 1 else math.inf
+        se = paired_se(diff)
         records.append(
             {"n_components": k, "covariance_type": cov, "val_nll": means[i], "se_vs_best": se}
         )
@@ -371,7 +372,7 @@ def fewer_modes(
     while idx > 0 and found > 1:
         diff = pooled[idx - 1] - pooled[chosen]
         diff = diff[torch.isfinite(diff)]
-        se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+        se = paired_se(diff)
         if not float(diff.mean()) <= MODE_GUARD_SE * se:
             break
         before = (copy.deepcopy(model), trained)
