@@ -5,8 +5,9 @@ trained together (see :mod:`torchmdn.training.capacity`, which chooses among the
 head; when the training loop scores the validation rows each head's per-row values are
 recorded. The heads are evaluated together: their linear layers as one matrix product and
 their mixtures as one padded log-sum-exp, or, on the CPU, each head at its own size by one
-call of the compiled kernel (padding evaluates every head at the largest head's size). :func:`train_ladder`
-trains one with :func:`torchmdn.fit` and keeps each head's best epoch (:class:`HeadBest`).
+call of the compiled kernel (padding evaluates every head at the largest head's size).
+:func:`train_ladder` trains one with :func:`torchmdn.fit` and keeps each head's best epoch
+(:class:`HeadBest`).
 """
 
 from __future__ import annotations
@@ -214,12 +215,12 @@ class Ladder(nn.Module):
     def each_head_log_prob(self, h: Tensor, z: Tensor) -> Tensor:
         """:meth:`head_log_probs` with each head's mixture evaluated at its own size by the
         compiled kernel, on its columns of the one matrix product, all heads one autograd node
-        and one kernel call (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates every head at the
-        largest size (for one column 6 x 20 component slots where 43 are used, for full
-        heads three times the components); at batch 128 (one thread, backbone included;
-        with an 8-component head still on the ladder) a step of the one- and two-column
-        ladders took 1.8 and 3.5 ms this way against 3.0 and 5.2 padded. On CUDA the
-        compiled path would compile once per head size."""
+        and one kernel call (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates
+        every head at the largest size (for one column 6 x 20 component slots where 43 are
+        used, for full heads three times the components); at batch 128 (one thread, backbone
+        included; with an 8-component head still on the ladder and a kernel call per head) a
+        step of the one- and two-column ladders took 1.8 and 3.5 ms this way against 3.0 and
+        5.2 padded. On CUDA the compiled path would compile once per head size."""
         heads = [m.head for m in self.members]
         weight = torch.cat([hd.linear.weight for hd in heads])
         bias = torch.cat([hd.linear.bias for hd in heads])
