@@ -253,19 +253,20 @@ def _with_components(model, locs, scale=0.2):
     """Give ``model`` a fresh head with components at ``locs`` (standardised units), equal
     weights, whatever the input."""
     fresh = MDN(1, 1, hidden=(8,), n_components=len(locs)).double()
-    model.head = fresh.head
+    model.head = fresh.head.to(model.x_loc.device)
     with torch.no_grad():
         for k, loc in enumerate(locs):
             model.head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
 
 
 @pytest.mark.parametrize("case", ["simpler", "no fewer modes", "rows need them"])
-def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(case):
+def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(case, device):
     """The chosen size (3 components, 2 modes) gives way to 2 (one mode) when the pooled rows
     cannot tell them apart; stays when 2 has as many modes (restored as it was) or when
-    the rows clearly prefer 3."""
-    model = MDN(1, 1, hidden=(8,)).double()
-    x = torch.linspace(-1, 1, 40, dtype=torch.float64)[:, None]
+    the rows clearly prefer 3. The model and inputs on the device, the pooled rows on the
+    CPU (as the folds record them)."""
+    model = MDN(1, 1, hidden=(8,)).double().to(device)
+    x = torch.linspace(-1, 1, 40, dtype=torch.float64, device=device)[:, None]
     model.standardize(x, x)
     pairs = candidates(_model())
     layouts = {2: [-4.0, -3.9, 4.0], 1: [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1],
