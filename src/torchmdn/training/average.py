@@ -77,16 +77,17 @@ def without_new_modes(
     allowed = mean_modes(trial, x)
     dropped: list[int] = []
     needed = ""
+    at = best_epoch(best, kept)
     while len(kept) > 1:
-        at = best_epoch(best, kept)
         install(trial, at.state, kept, pairs)  # type: ignore[arg-type]
         found = mean_modes(trial, x)
         if found <= allowed:
             break
         largest = max(kept, key=lambda i: pairs[i][0])
         rest = [i for i in kept if i != largest]
+        at_rest = best_epoch(best, rest)  # where the average without it is taken
         with_it = average_rows(at.all_rows, kept)  # type: ignore[arg-type]
-        diff = average_rows(best_epoch(best, rest).all_rows, rest) - with_it  # type: ignore[arg-type]
+        diff = average_rows(at_rest.all_rows, rest) - with_it  # type: ignore[arg-type]
         se = paired_se(diff)
         if float(diff.mean()) > MODE_GUARD_SE * se:
             needed = (f"; the rest of the modes kept ({found:.2f} per input against "
@@ -94,7 +95,7 @@ def without_new_modes(
                       f"NLL rose by {float(diff.mean()):.4f}, more than {MODE_GUARD_SE:g} "
                       f"paired standard error(s) ({se:.4f})")  # fmt: skip
             break
-        kept = rest
+        kept, at = rest, at_rest
         dropped.append(largest)
         records[largest]["kept"] = False
     if dropped:
