@@ -372,19 +372,24 @@ def heads_log_prob(
     widths = [head_width(kind, n, d) for kind, n, _ in heads]
     if sum(widths) != out.shape[-1] or value.dtype != out.dtype:
         return None
-    spec = tuple((kind, n, floor.to(out.dtype).contiguous()) for kind, n, floor in heads)
+    columns = (
+        [kind for kind, _, _ in heads],
+        [n for _, n, _ in heads],
+        [floor.to(out.dtype).contiguous() for _, _, floor in heads],
+    )
     out, value = out.contiguous(), value.contiguous()
     if torch.is_grad_enabled() and (out.requires_grad or value.requires_grad):
-        return _HeadsLogProb.apply(out, value, spec, widths)
-    return _heads_call(out, value, spec, False)[0].t()
+        return _HeadsLogProb.apply(out, value, columns, widths)
+    return _heads_call(out, value, columns, False)[0].t()
 
 
 def _heads_call(
-    out: Tensor, value: Tensor, spec: Sequence[tuple[int, int, Tensor]], keep: bool
+    out: Tensor, value: Tensor, columns: tuple[list[int], list[int], list[Tensor]], keep: bool
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """The kernel's forward pass over every head: ``log p`` ``(heads, N)`` and each head's
-    ``r`` and ``p`` (what the backward pass needs, when ``keep``)."""
-    kinds, ns, floors = ([s[i] for s in spec] for i in range(3))
+    """The kernel's forward pass over every head (``columns``: the heads' kinds, component
+    counts and floors): ``log p`` ``(heads, N)`` and each head's ``r`` and ``p`` (what the
+    backward pass needs, when ``keep``)."""
+    kinds, ns, floors = columns
     return torch.ops.torchmdn.heads_forward(out, floors, value, kinds, ns, keep)
 
 
@@ -468,9 +473,9 @@ class _HeadsLogProb(torch.autograd.Function):
     ``log p`` per head ``[N, heads]``."""
 
     @staticmethod
-    def forward(ctx, out, value, spec, widths):
-        lp, r, p = _heads_call(out, value, spec, True)
-        ctx.spec, ctx.widths = spec, widths
+    def forward(ctx, out, value, columns, widths):
+        lp, r, p = _heads_call(out, value, columns, True)
+        ctx.columns, ctx.widths = columns, widths
         ctx.save_for_backward(out, value, *r, *p)
         return lp.t()
 
@@ -480,18 +485,18 @@ class _HeadsLogProb(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference graph
 
             def fn(out: Tensor, value: Tensor) -> Tensor:
-                pieces = zip(out.split(ctx.widths, -1), ctx.spec, strict=True)
+                pieces = zip(out.split(ctx.widths, -1), *ctx.columns, strict=True)
                 return torch.stack(
                     [
                         _head_reference(k, n, fl)(part, value).reshape(-1)
-                        for part, (k, n, fl) in pieces
+                        for part, k, n, fl in pieces
                     ],
                     -1,
                 )
 
             return reference.grads(fn, (out, value), g) + (None, None)
-        heads = len(ctx.spec)
-        kinds, ns, floors = ([s[i] for s in ctx.spec] for i in range(3))
+        kinds, ns, floors = ctx.columns
+        heads = len(kinds)
         grads = torch.ops.torchmdn.heads_backward(
             g.t(), rp[:heads], rp[heads:], out, floors, value, kinds, ns
         )
