@@ -8,6 +8,7 @@ import torch
 
 from torchmdn import MDN, MLP, GaussianMixture, MDNHead
 from torchmdn.errors import InputError
+from torchmdn.nn.mdn import OVERLAP_SPREAD
 from torchmdn.nn.standardize import target_resolution as torchmdn_target_resolution
 
 KINDS = ("diagonal", "isotropic", "full")
@@ -263,6 +264,36 @@ def test_kmeans_start_of_many_components_is_linear_in_them():
     head.initialize(torch.randn(200, 1, generator=torch.Generator().manual_seed(0)))
     assert time.perf_counter() - started < 20  # was 55 s (cubic in the components)
     assert torch.isfinite(head.linear.bias).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_overlapping_start_puts_every_component_at_the_median(device, n):
+    """``start="overlapping"``: all means at the targets' median, standard deviations from
+    the first to the second factor of OVERLAP_SPREAD times the targets', equal weights; one
+    component starts as the k-means start does; an unknown start is refused."""
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(201, 2, generator=g) * torch.tensor([0.5, 2.0]) + 1.0).double().to(device)
+    head = MDNHead(3, 2, n).double().to(device)
+    head.initialize(z, start="overlapping")
+    with torch.no_grad():
+        head.linear.weight.zero_()  # the bias alone: what every input starts from
+        gm = head(torch.zeros(1, 3, dtype=torch.float64, device=device))
+    med, sd = z.median(0).values, z.std(0)
+    if n == 1:
+        plain = MDNHead(3, 2, 1).double().to(device)
+        plain.initialize(z)
+        torch.testing.assert_close(head.linear.bias, plain.linear.bias)
+    else:
+        torch.testing.assert_close(gm.loc[0], med.expand(n, 2))
+        low, high = OVERLAP_SPREAD
+        ratios = gm.scale[0] / sd  # (n, d): diagonal standard deviations
+        torch.testing.assert_close(ratios[0], torch.full_like(ratios[0], low), rtol=1e-6, atol=0)
+        torch.testing.assert_close(ratios[-1], torch.full_like(ratios[0], high), rtol=1e-6, atol=0)
+        assert (ratios[1:] > ratios[:-1]).all()
+        torch.testing.assert_close(gm.probs[0], torch.full((n,), 1.0 / n, dtype=torch.float64,
+                                                              device=device))  # fmt: skip
+    with pytest.raises(InputError, match=r"start must be one of \('clusters', 'overlapping'\)"):
+        head.initialize(z, start="median")
 
 
 def _split_head(head, sizes):

@@ -15,6 +15,7 @@ from torchmdn.training.capacity import (
     candidates,
     choose,
     fewer_modes,
+    overlapping_start,
 )
 from torchmdn.training.history import History
 
@@ -294,3 +295,47 @@ def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(c
         assert calls == ([2, 1] if case == "no fewer modes" else [2])
         for k, v in model.state_dict().items():
             torch.testing.assert_close(v, chosen_state[k])
+
+
+@pytest.mark.parametrize("case", ["adopted", "worse on the folds", "no fewer modes", "one mode"])
+def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_modes(
+    case, device
+):
+    """A chosen fit with two modes per input is cross-validated again started overlapping
+    and, when the pooled rows cannot tell the starts apart, retrained so: kept with one mode,
+    restored as it was otherwise; not tried when the folds clearly prefer the chosen start,
+    nor when the fit has one mode already."""
+    model = MDN(1, 1, hidden=(8,)).double().to(device)
+    x = torch.linspace(-1, 1, 40, dtype=torch.float64, device=device)[:, None]
+    model.standardize(x, x)
+    _with_components(model, [0.0, 0.1] if case == "one mode" else [-4.0, 4.0])
+    chosen_state = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    pooled = torch.rand(40, generator=g, dtype=torch.float64)
+    calls = []
+
+    def score():
+        calls.append("score")
+        rows = pooled + torch.rand(40, generator=g, dtype=torch.float64) * 0.1 - 0.05
+        return rows + (1.0 if case == "worse on the folds" else 0.0), [7, 9, 8, 30, 8]
+
+    def train(stops):
+        calls.append(sorted(stops))
+        _with_components(model, [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1])
+        return History(), 8
+
+    (history, epochs), note = overlapping_start(model, x, pooled, score, train, (History(), 5))
+    if case == "adopted":
+        assert calls == ["score", [7, 8, 8, 9, 30]] and epochs == 8
+        assert note.startswith("; then started with its components overlapping (2.00 modes")
+        with torch.no_grad():
+            assert (model(x).modes().valid.sum(-1) == 1).all()
+        return
+    assert epochs == 5
+    assert calls == {"worse on the folds": ["score"], "one mode": [],
+                     "no fewer modes": ["score", [7, 8, 8, 9, 30]]}[case]  # fmt: skip
+    assert ("not tried" in note) == (case == "worse on the folds")
+    assert ("not kept" in note) == (case == "no fewer modes")
+    assert (note == "") == (case == "one mode")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, chosen_state[k])

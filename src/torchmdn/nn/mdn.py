@@ -28,7 +28,15 @@ __all__ = [
     "MDNHead",
     "MDN",
     "ACTIVATIONS",
+    "OVERLAP_SPREAD",
+    "STARTS",
 ]
+
+#: how a head's components start (:meth:`MDNHead.initialize`)
+STARTS = ("clusters", "overlapping")
+#: the ``"overlapping"`` start's standard deviations, as multiples of the targets': the
+#: smallest and the largest, the others spaced geometrically between them
+OVERLAP_SPREAD = (0.35, 1.4)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -207,19 +215,32 @@ class MDNHead(nn.Module):
 
     @torch.no_grad()
     def initialize(
-        self, z: Tensor, generator: torch.Generator | None = None, iters: int = 20
-    ) -> None:
+        self, z: Tensor, generator: torch.Generator | None = None, iters: int = 20,
+        start: str = "clusters",
+    ) -> None:  # fmt: skip
         """Start at the unconditional mixture fit of targets ``z (N, d)`` (in the head's units).
 
-        k-means (k-means++ seeding, ``iters`` Lloyd steps; cost O(N n d) each, for ``N`` rows
-        of ``z``) places one component on each
-        cluster with that cluster's standard deviations; weights start near uniform (half
-        uniform, half the cluster shares) and the weight rows stay small, so training starts
-        from the unconditional fit, a known cure for components that never get used.
+        ``start="clusters"``: k-means (k-means++ seeding, ``iters`` Lloyd steps; cost
+        O(N n d) each, for ``N`` rows of ``z``) places one component on each cluster with
+        that cluster's standard deviations; weights start near uniform (half uniform, half
+        the cluster shares) and the weight rows stay small, so training starts from the
+        unconditional fit, a known cure for components that never get used.
+
+        ``start="overlapping"``: every component at the targets' median, with standard
+        deviations from the first to the second of :data:`OVERLAP_SPREAD` times theirs and
+        equal weights: a one-mode start that training separates only where the rows ask for
+        it (on a few dozen rows k-means clusters of skewed noise become modes the data do
+        not have).
+        One component starts the same either way.
         """
+        if start not in STARTS:
+            raise InputError(f"start must be one of {STARTS}; got {start!r}")
         n, d = self.n_components, self.out_features
         bias = self.linear.bias
         z = z.detach().reshape(-1, d).to(bias.dtype)
+        if start == "overlapping" and n > 1 and len(z) > 1:
+            self._start_overlapping(z)
+            return
         if len(z) < n:
             z = z.repeat(math.ceil(n / len(z)), 1)
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -251,6 +272,17 @@ class MDNHead(nn.Module):
             self.set_component(
                 k, centers[k], std, math.log(0.5 * share + 0.5 / n), zero_weights=False
             )
+
+    def _start_overlapping(self, z: Tensor) -> None:
+        """The ``"overlapping"`` start of :meth:`initialize` (``z``: ``(N, d)``, N > 1)."""
+        n = self.n_components
+        center, spread = z.median(0).values, z.std(0).clamp_min(1e-3)
+        low, high = OVERLAP_SPREAD
+        factors = torch.logspace(math.log10(low), math.log10(high), n).tolist()
+        self.linear.bias.zero_()
+        for k, f in enumerate(factors):
+            std = torch.maximum(spread * f, 2 * self.scale_floor)
+            self.set_component(k, center, std, -math.log(n), zero_weights=False)
 
     @property
     def floor(self) -> Tensor:
@@ -521,9 +553,14 @@ class MDN(nn.Module):
         return _as_model_dtype(y, self.y_loc, "y")
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> MDN:
-        """Start the head at the unconditional mixture fit of ``y`` (see :meth:`MDNHead.initialize`)."""
-        self.head.initialize((self._check_y(y) - self.y_loc) / self.y_scale, generator)
+    def initialize(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+        start: str = "clusters",
+    ) -> MDN:  # fmt: skip
+        """Start the head at the unconditional mixture fit of ``y`` (``start``: see
+        :meth:`MDNHead.initialize`)."""
+        z = (self._check_y(y) - self.y_loc) / self.y_scale
+        self.head.initialize(z, generator, start=start)
         return self
 
     def mixture_and_target(self, x: Tensor, y: Tensor) -> tuple[GaussianMixture, Tensor]:

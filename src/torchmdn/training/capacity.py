@@ -38,8 +38,12 @@ generated problems, 3 seeds each, better than early stopping on 5 validation row
 one-column target, if that fit has more than one mode per input on the folds' held-out
 inputs, the next simpler size is trained instead when the pooled rows cannot tell it from the
 chosen one (within a paired standard error), and kept if it has fewer modes
-(:func:`fewer_modes`). This costs about 8-10 small fits, on data sets where one fit takes
-seconds. (An average there would have to be trained afresh on every row; so trained, on 50
+(:func:`fewer_modes`). If the fit kept still has more than one mode per input, its size
+started with the components overlapping (all at the targets' median, different widths:
+``initialize="overlapping"``) is cross-validated on the same folds and, when the pooled rows
+cannot tell the two starts apart, trained on every row and kept if it has fewer modes
+(:func:`overlapping_start`; the k-means start puts a component on a skewed tail from the
+first step). This costs about 8-16 small fits, on data sets where one fit takes seconds. (An average there would have to be trained afresh on every row; so trained, on 50
 rows of heteroscedastic noise, it had 3.4 modes per input where the truth has one.)
 
 Without a validation set (``validation_fraction=0`` and no ``validation_data``) nothing can
@@ -53,6 +57,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -75,8 +80,8 @@ from .length import plan, validation_rows
 
 __all__ = [
     "AVERAGE_SE", "CV_FOLDS", "FULL_ONLY_UP_TO", "LADDER", "LADDER_EXTRA", "MIN_VALIDATION_ROWS",
-    "TOLERANCE_SE", "candidates", "choose", "fewer_modes", "select_capacity", "simplest",
-    "wants_selection",
+    "TOLERANCE_SE", "candidates", "choose", "fewer_modes", "overlapping_start",
+    "select_capacity", "simplest", "wants_selection",
 ]  # fmt: skip
 
 #: component counts tried by ``n_components="auto"``. Eight components were tried too until
@@ -297,17 +302,16 @@ def _rows(a: Any, idx: Tensor) -> Any:
     return np.asarray(a)[idx.numpy()]
 
 
-def _cross_validated(
+def _fold_scores(
     model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any],
-    pairs: list[tuple[int, str]], folds: list[Tensor],
-) -> History:
-    """Choose with :data:`CV_FOLDS`-fold cross-validation (each fold's rows scored by a ladder
-    trained on the others: every row is a validation row once), then train the chosen size
-    on every row for the folds' median best epoch count (no rows held out: the folds have
-    already said when to stop, on five times as many validation rows as one split holds)."""
+    pairs: Sequence[tuple[int, str]], folds: list[Tensor],
+) -> tuple[list[Tensor], list[list[int]], list[Tensor]]:
+    """Each fold's rows scored by a ladder of ``pairs`` trained on the other folds: every
+    candidate's per-row NLLs of all held-out rows pooled (``inf`` where a candidate never
+    scored), its best epoch in each fold, and a sample of each fold's held-out inputs."""
     per_row: list[list[Tensor]] = [[] for _ in pairs]
     epochs: list[list[int]] = [[] for _ in pairs]
-    held_inputs: list[Tensor] = []  # a sample of each fold's held-out inputs
+    held_inputs: list[Tensor] = []
     for j, held in enumerate(folds):
         rest = torch.cat([f for i, f in enumerate(folds) if i != j])
         fold_kwargs = {**kwargs, "validation_data": (_rows(x, held), _rows(y, held)),
@@ -320,17 +324,32 @@ def _cross_validated(
         for i, b in enumerate(best):
             per_row[i].append(b.rows if b.rows is not None else torch.full((len(held),), math.inf))
             epochs[i].append(b.epoch)
-    pooled = [torch.cat(r) for r in per_row]
+    return [torch.cat(r) for r in per_row], epochs, held_inputs
+
+
+def _cross_validated(
+    model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any],
+    pairs: list[tuple[int, str]], folds: list[Tensor],
+) -> History:
+    """Choose with :data:`CV_FOLDS`-fold cross-validation (each fold's rows scored by a ladder
+    trained on the others: every row is a validation row once), then train the chosen size
+    on every row for the folds' median best epoch count (no rows held out: the folds have
+    already said when to stop, on five times as many validation rows as one split holds)."""
+    pooled, epochs, held_inputs = _fold_scores(model, x, y, fit, kwargs, pairs, folds)
     idx, records, reason = simplest(pooled, pairs)
     user_callback = kwargs.get("callback")
     # the folds' schedule (warm-up, cosine decay) spans their planned epochs: the same here
     planned, _ = plan(len(x) - len(folds[0]), kwargs["batch_size"], kwargs.get("max_epochs"),
                       kwargs.get("max_steps"), None)  # fmt: skip
 
-    def train_final(i: int, trial: bool = False) -> tuple[History, int]:
-        """Candidate ``i`` trained on every row for its folds' median best epoch count (a
-        ``trial``, like a fold, without the caller's callback and progress bar)."""
-        stop_after = max(1, int(np.median(epochs[i])) + 1)
+    def train_final(
+        i: int, trial: bool = False, start: str | None = None, stops: Sequence[int] | None = None
+    ) -> tuple[History, int]:
+        """Candidate ``i`` trained on every row for its folds' median best epoch count
+        (``stops``, when given: those folds' best epochs; ``start``: the head's start, when
+        not the caller's); a ``trial``, like a fold, without the caller's callback and
+        progress bar."""
+        stop_after = max(1, int(np.median(epochs[i] if stops is None else stops)) + 1)
         callback = None if trial else user_callback
 
         def stop(epoch: int, history: History) -> bool:
@@ -338,7 +357,8 @@ def _cross_validated(
             return bool(asked) or epoch + 1 >= stop_after
 
         final = {**kwargs, "validation_fraction": 0.0, "patience": None, "callback": stop,
-                 "max_epochs": planned, **({"progress": False} if trial else {})}  # fmt: skip
+                 "max_epochs": planned, **({"progress": False} if trial else {}),
+                 **({"initialize": start} if start is not None else {})}  # fmt: skip
         return _train_fixed(model, *pairs[i], x, y, fit, final), stop_after
 
     trained = train_final(idx)
@@ -348,10 +368,76 @@ def _cross_validated(
             model, sample, pooled, pairs, idx, lambda i: train_final(i, trial=True), trained
         )
         reason += note
+        if kwargs.get("initialize", True) in (True, "clusters") and pairs[idx][0] > 1:
+
+            def score() -> tuple[Tensor, list[int]]:
+                start = {**kwargs, "initialize": "overlapping"}
+                rows, stops, _ = _fold_scores(model, x, y, fit, start, [pairs[idx]], folds)
+                return rows[0], stops[0]
+
+            trained, note = overlapping_start(
+                model, sample, pooled[idx], score,
+                lambda stops: train_final(idx, trial=True, start="overlapping", stops=stops),
+                trained,
+            )  # fmt: skip
+            reason += note
     history, stop_after = trained
     return _report(history, records, [pairs[idx]], f"{CV_FOLDS}-fold cross-validation over "
                    f"{len(x)} rows: {reason}; trained on every row for {stop_after} epochs (the "
                    "folds' median best epoch)")  # fmt: skip
+
+
+def overlapping_start(
+    model: MDN, x: Tensor, pooled: Tensor, score: Callable[[], tuple[Tensor, Sequence[int]]],
+    train: Callable[[Sequence[int]], tuple[History, int]], trained: tuple[History, int],
+) -> tuple[tuple[History, int], str]:
+    """After cross-validation, for a one-column target whose fit (``model``, just trained;
+    ``trained``: its history and epoch count; ``pooled``: its per-row held-out NLLs) still
+    has more than one mode per input on ``x`` (a sample of the training inputs): the same
+    size started with its components overlapping (``initialize="overlapping"``) is
+    cross-validated on the same folds (``score()``: its pooled per-row NLLs and each fold's
+    best epoch) and, when its pooled NLL is within
+    :data:`~torchmdn.training.average.MODE_GUARD_SE` paired standard errors of the chosen
+    start's, trained on every row (``train(stops)``, for those folds' median best epoch
+    count) and kept if it has fewer modes (else the model is restored). Returns the
+    history and epoch count kept and a note for the reason. On a few dozen rows of skewed
+    noise the k-means start's clusters become modes the data do not have (measured:
+    benchmarks/RESULTS.md, "Small data")."""
+    found = mean_modes(model, x)
+    if found <= 1:
+        return trained, ""
+    rows, stops = score()
+    diff = rows - pooled
+    diff = diff[torch.isfinite(diff)]
+    worse = float(diff.mean()) if len(diff) else math.inf
+    if not (len(diff) > 1 and worse <= MODE_GUARD_SE * paired_se(diff)):
+        return trained, (f"; {found:.2f} modes per training input; started overlapping, "
+                         f"{worse:+.4f} per row on the folds: not tried")  # fmt: skip
+    trained, now = _keep_if_fewer_modes(model, x, found, trained, partial(train, stops))
+    if now >= found:
+        return trained, (f"; {found:.2f} modes per training input; started overlapping, as "
+                         f"good on the folds but {now:.2f} modes: not kept")  # fmt: skip
+    return trained, (f"; then started with its components overlapping ({found:.2f} modes per "
+                     f"training input before, {now:.2f} now; pooled NLL {worse:+.4f} per "
+                     "row)")  # fmt: skip
+
+
+def _keep_if_fewer_modes(
+    model: MDN, x: Tensor, found: float, trained: tuple[History, int],
+    train: Callable[[], tuple[History, int]],
+) -> tuple[tuple[History, int], float]:
+    """Train ``model`` afresh (``train()``) and keep that fit only if it has fewer than
+    ``found`` modes per input on ``x``; else restore the fit before (``trained``: its
+    history and epoch count). Returns the history and epoch count kept, and the new fit's
+    modes per input."""
+    before = (copy.deepcopy(model), trained)
+    trained = train()
+    now = mean_modes(model, x)
+    if now >= found:
+        old, trained = before
+        model.head = old.head
+        model.load_state_dict(old.state_dict())
+    return trained, now
 
 
 def fewer_modes(
@@ -375,13 +461,8 @@ def fewer_modes(
         se = paired_se(diff)
         if not float(diff.mean()) <= MODE_GUARD_SE * se:
             break
-        before = (copy.deepcopy(model), trained)
-        trained = train(idx - 1)
-        now = mean_modes(model, x)
-        if now >= found:  # no fewer modes: back to the one before
-            old, trained = before
-            model.head = old.head
-            model.load_state_dict(old.state_dict())
+        trained, now = _keep_if_fewer_modes(model, x, found, trained, partial(train, idx - 1))
+        if now >= found:  # no fewer modes: the one before was restored
             break
         note += (f"; then {pairs[idx - 1][0]} instead of {pairs[idx][0]} (that had {found:.2f} "
                  f"modes per training input, this {now:.2f}; pooled NLL within "

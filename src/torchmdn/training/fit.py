@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelFileError, TorchMDNError
+from ..nn.mdn import STARTS
 from .capacity import select_capacity, wants_selection
 from .distributed import Group, local_slice, process_group
 from .history import History
@@ -104,7 +105,7 @@ def fit(
     mean_grad_scaling: bool = False,
     noise_x: float = 0.0,
     noise_y: float = 0.0,
-    initialize: bool = True,
+    initialize: bool | str = True,
     reseed_dead: bool = False,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 10,
@@ -150,7 +151,10 @@ def fit(
             component's standard deviation (RNADE; Uria, Murray & Larochelle 2013).
         noise_x, noise_y: standard deviation of fresh Gaussian noise added to standardised
             x and y in every batch (noise regularisation, Rothfuss et al. 2019).
-        initialize: start an MDN's head at the unconditional mixture fit of y (k-means).
+        initialize: start an MDN's head at the unconditional mixture fit of y: ``True`` or
+            ``"clusters"`` puts its components on k-means clusters of y, ``"overlapping"``
+            all at y's median with several widths (see :meth:`~torchmdn.MDNHead.initialize`);
+            ``False``: leave the head as it is.
         reseed_dead: move components that explain almost no rows onto badly explained rows
             (checked every 5 epochs during the first half of training).
         checkpoint, checkpoint_every: write a checkpoint to this path every N epochs
@@ -288,6 +292,8 @@ def _check_arguments(s: Settings, checkpoint_every: int) -> None:
             raise InputError(f"{name} must be a number in [{lo}, {hi}); got {value!r}")
     if s.precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}; got {s.precision!r}")
+    if not isinstance(s.initialize, bool) and s.initialize not in STARTS:
+        raise InputError(f"initialize must be True, False or one of {STARTS}; got {s.initialize!r}")
     for name, value in (
         ("clip_grad_norm", s.clip_grad_norm),
         ("clip_grad_value", s.clip_grad_value),
@@ -427,7 +433,7 @@ def _start_fresh(
     model: nn.Module,
     data: _InMemory | Scan,
     standardize: bool,
-    initialize: bool,
+    initialize: bool | str,
     gen: torch.Generator,
 ) -> None:
     """Set an MDN's normalisers from the training rows and start its head at the
@@ -435,8 +441,11 @@ def _start_fresh(
     if not isinstance(model, ConditionalDensity) or bool(model.standardized) or not standardize:
         return
     data.standardize(model)
-    if initialize and isinstance(model, TrainableMixture):
-        model.initialize(*data.sample, generator=gen)
+    if initialize is not False and isinstance(model, TrainableMixture):
+        if initialize is True or initialize == "clusters":  # what every mixture model takes
+            model.initialize(*data.sample, generator=gen)
+        else:
+            model.initialize(*data.sample, generator=gen, start=initialize)
 
 
 class _InMemory:

@@ -137,10 +137,14 @@ class Ladder(nn.Module):
         return self
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Ladder:
-        """Start every head at the unconditional mixture fit of ``y`` with its component count."""
+    def initialize(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+        start: str = "clusters",
+    ) -> Ladder:  # fmt: skip
+        """Start every head at the unconditional mixture fit of ``y`` with its component count
+        (``start``: see :meth:`~torchmdn.MDNHead.initialize`)."""
         for m in self.members:
-            m.initialize(x, y, generator)
+            m.initialize(x, y, generator, start=start)
         return self
 
     def forward(self, x: Tensor):

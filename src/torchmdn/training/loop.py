@@ -75,7 +75,7 @@ class Settings:
     mean_grad_scaling: bool
     noise_x: float
     noise_y: float
-    initialize: bool
+    initialize: bool | str
     reseed_dead: bool
     standardize: bool
     precision: str = "float32"

@@ -52,8 +52,12 @@ class TrainableMixture(ConditionalDensity, Protocol):
 
     head: MDNHead
 
-    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> object:
-        """Start the head at the unconditional mixture fit of ``y``."""
+    def initialize(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+        start: str = "clusters",
+    ) -> object:  # fmt: skip
+        """Start the head at the unconditional mixture fit of ``y`` (``start``: how its
+        components start, see :meth:`~torchmdn.MDNHead.initialize`)."""
         ...
 
     def mixture_and_target(self, x: Tensor, y: Tensor) -> tuple[GaussianMixture, Tensor]:
