@@ -190,8 +190,9 @@ def test_bad_input_raises_clear_errors(x, y, kwargs, match):
 def test_bishop_with_defaults_regression():
     """Defaults on Bishop: a regression guard at the level measured in benchmarks/RESULTS.md.
 
-    The target of BENCHMARKS.md (<= -1.25) is not reached: the defaults reach about -1.18 (see RESULTS.md
-    for the analysis); this guards against falling below the untuned MDN's -1.14.
+    The target of BENCHMARKS.md (<= -1.25) is not reached: the defaults reach about -1.18
+    (see RESULTS.md for the analysis); this guards against falling below the untuned MDN's
+    -1.14.
     """
     x, t = torchmdn.datasets.bishop(3000, seed=0)
     with torch.random.fork_rng():
