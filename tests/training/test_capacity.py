@@ -14,10 +14,7 @@ from torchmdn.training.capacity import (
     LADDER_EXTRA,
     candidates,
     choose,
-    fewer_modes,
-    overlapping_start,
 )
-from torchmdn.training.history import History
 
 
 def _model(d=1, **kw):
@@ -248,94 +245,3 @@ def test_tiny_data_does_not_chase_two_validation_rows():
     assert "cross-validation over 20 rows" in h.capacity["reason"]
     assert h.capacity["chosen"]["averaged"] == [model.n_components]  # one size, not averaged
     assert model.n_components <= 2, h.capacity
-
-
-def _with_components(model, locs, scale=0.2):
-    """Give ``model`` a fresh head with components at ``locs`` (standardised units), equal
-    weights, whatever the input."""
-    fresh = MDN(1, 1, hidden=(8,), n_components=len(locs)).double()
-    model.head = fresh.head.to(model.x_loc.device)
-    with torch.no_grad():
-        for k, loc in enumerate(locs):
-            model.head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
-
-
-@pytest.mark.parametrize("case", ["simpler", "no fewer modes", "rows need them"])
-def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(case, device):
-    """The chosen size (3 components, 2 modes) gives way to 2 (one mode) when the pooled rows
-    cannot tell them apart; stays when 2 has as many modes (restored as it was) or when
-    the rows clearly prefer 3. The model and inputs on the device, the pooled rows on the
-    CPU (as the folds record them)."""
-    model = MDN(1, 1, hidden=(8,)).double().to(device)
-    x = torch.linspace(-1, 1, 40, dtype=torch.float64, device=device)[:, None]
-    model.standardize(x, x)
-    pairs = candidates(_model())
-    layouts = {2: [-4.0, -3.9, 4.0], 1: [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1],
-               0: [0.0]}  # fmt: skip
-    calls = []
-
-    def train(i):
-        calls.append(i)
-        _with_components(model, layouts[i])
-        return History(), 10 + i
-
-    g = torch.Generator().manual_seed(0)
-    pooled = [torch.rand(40, generator=g, dtype=torch.float64) for _ in pairs]
-    pooled[0] += 5.0  # one component: far behind
-    if case == "rows need them":
-        pooled[1] += 1.0
-    trained = train(2)
-    chosen_state = {k: v.clone() for k, v in model.state_dict().items()}
-    idx, (history, epochs), note = fewer_modes(model, x, pooled, pairs, 2, train, trained)
-    if case == "simpler":
-        assert (idx, epochs, model.n_components) == (1, 11, 2) and calls == [2, 1]
-        assert note.startswith("; then 2 instead of 3 (that had 2.00 modes per training input")
-    else:
-        assert (idx, epochs, model.n_components, note) == (2, 12, 3, "")
-        assert calls == ([2, 1] if case == "no fewer modes" else [2])
-        for k, v in model.state_dict().items():
-            torch.testing.assert_close(v, chosen_state[k])
-
-
-@pytest.mark.parametrize("case", ["adopted", "worse on the folds", "no fewer modes", "one mode"])
-def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_modes(
-    case, device
-):
-    """A chosen fit with two modes per input is cross-validated again started overlapping
-    and, when the pooled rows cannot tell the starts apart, retrained so: kept with one mode,
-    restored as it was otherwise; not tried when the folds clearly prefer the chosen start,
-    nor when the fit has one mode already."""
-    model = MDN(1, 1, hidden=(8,)).double().to(device)
-    x = torch.linspace(-1, 1, 40, dtype=torch.float64, device=device)[:, None]
-    model.standardize(x, x)
-    _with_components(model, [0.0, 0.1] if case == "one mode" else [-4.0, 4.0])
-    chosen_state = {k: v.clone() for k, v in model.state_dict().items()}
-    g = torch.Generator().manual_seed(0)
-    pooled = torch.rand(40, generator=g, dtype=torch.float64)
-    calls = []
-
-    def score():
-        calls.append("score")
-        rows = pooled + torch.rand(40, generator=g, dtype=torch.float64) * 0.1 - 0.05
-        return rows + (1.0 if case == "worse on the folds" else 0.0), [7, 9, 8, 30, 8]
-
-    def train(stops):
-        calls.append(sorted(stops))
-        _with_components(model, [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1])
-        return History(), 8
-
-    (history, epochs), note = overlapping_start(model, x, pooled, score, train, (History(), 5))
-    if case == "adopted":
-        assert calls == ["score", [7, 8, 8, 9, 30]] and epochs == 8
-        assert note.startswith("; then started with its components overlapping (2.00 modes")
-        with torch.no_grad():
-            assert (model(x).modes().valid.sum(-1) == 1).all()
-        return
-    assert epochs == 5
-    assert calls == {"worse on the folds": ["score"], "one mode": [],
-                     "no fewer modes": ["score", [7, 8, 8, 9, 30]]}[case]  # fmt: skip
-    assert ("not tried" in note) == (case == "worse on the folds")
-    assert ("not kept" in note) == (case == "no fewer modes")
-    assert (note == "") == (case == "one mode")
-    for k, v in model.state_dict().items():
-        torch.testing.assert_close(v, chosen_state[k])

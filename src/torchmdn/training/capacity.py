@@ -27,24 +27,8 @@ them has, and a large head that over-fits a few rows brings its spikes. The
 reason (``history.capacity``); ``model.n_components`` is the total.
 
 Small data: when the validation split would hold fewer than 25 rows (under 250 rows at
-the default 10%), one split's standard error is not an estimate (on 2 rows anything can
-win). Then the choice is made by 5-fold cross-validation instead: a ladder is trained on
-each four fifths and scores the fifth left out, so every row is a validation row once and
-the simplest candidate within half a paired standard error of the best is chosen
-(:func:`simplest`; one component only when it is the best), and trained on every
-row, with none held out, for the median of the folds' best epoch counts (on 50 rows of four
-generated problems, 3 seeds each, better than early stopping on 5 validation rows in 9 of
-12 cases, mean test excess NLL 0.46 against 0.86: benchmarks/RESULTS.md). For a
-one-column target, if that fit has more than one mode per input on the folds' held-out
-inputs, the next simpler size is trained instead when the pooled rows cannot tell it from the
-chosen one (within a paired standard error), and kept if it has fewer modes
-(:func:`fewer_modes`). If the fit kept still has more than one mode per input, its size
-started with the components overlapping (all at the targets' median, different widths:
-``initialize="overlapping"``) is cross-validated on the same folds and, when the pooled rows
-cannot tell the two starts apart, trained on every row and kept if it has fewer modes
-(:func:`overlapping_start`; the k-means start puts a component on a skewed tail from the
-first step). This costs about 8-16 small fits, on data sets where one fit takes seconds. (An average there would have to be trained afresh on every row; so trained, on 50
-rows of heteroscedastic noise, it had 3.4 modes per input where the truth has one.)
+the default 10%), the choice is made by 5-fold cross-validation instead, and the chosen size
+trained on every row (:mod:`torchmdn.training.crossval`).
 
 Without a validation set (``validation_fraction=0`` and no ``validation_data``) nothing can
 compare candidates: one component is trained. Streamed data, data-parallel runs and
@@ -54,34 +38,21 @@ checkpoints train the model's initial head (5 components) as a fixed model, and 
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..nn.mdn import MDN
-from .average import (
-    MODE_GUARD_SE,
-    average_nll,
-    best_epoch,
-    install,
-    mean_modes,
-    paired_se,
-    without_new_modes,
-)
+from .average import average_nll, best_epoch, install, paired_se, without_new_modes
+from .crossval import cross_validate, folds, train_fixed
 from .history import History
 from .ladder import train_ladder
-from .length import plan, validation_rows
 
 __all__ = [
-    "AVERAGE_SE", "CV_FOLDS", "FULL_ONLY_UP_TO", "LADDER", "LADDER_EXTRA", "MIN_VALIDATION_ROWS",
-    "TOLERANCE_SE", "candidates", "choose", "fewer_modes", "overlapping_start",
-    "select_capacity", "simplest", "wants_selection",
+    "AVERAGE_SE", "FULL_ONLY_UP_TO", "LADDER", "LADDER_EXTRA", "candidates", "choose",
+    "select_capacity", "wants_selection",
 ]  # fmt: skip
 
 #: component counts tried by ``n_components="auto"``. Eight components were tried too until
@@ -167,57 +138,6 @@ def choose(
     return kept, records, reason
 
 
-#: under cross-validation, the simplest candidate whose pooled NLL is within this many
-#: paired standard errors of the best is trained (:func:`simplest`). Half, not the textbook
-#: one: with one (when one head was chosen for every data size), a single Gaussian was kept
-#: on UCI energy splits whose validation rows could not show its thin tails (test NLL 8.1
-#: and 2.4 against 0.47 for five components), and on generated Student-t and bimodal
-#: problems half a standard error chose better than one (benchmarks/RESULTS.md)
-TOLERANCE_SE = 0.5
-
-
-def simplest(
-    per_row: Sequence[Tensor], candidates: Sequence[tuple[int, str]]
-) -> tuple[int, list[dict[str, Any]], str]:
-    """The rule under cross-validation (small data): the simplest candidate within
-    :data:`TOLERANCE_SE` paired standard errors of the best per-row validation NLL
-    (candidates simplest first): the index chosen, a record per candidate and the reason.
-
-    A single Gaussian is taken only when it is the best: its tails are the thinnest of the
-    family, and the validation rows rarely hold the one row that shows it (UCI energy split 8:
-    one component within half a standard error of two on 69 validation rows, test NLL 8.13
-    against 0.62 for the two). Choosing two components where one would do costs little.
-    """
-    means = [float(r.mean()) for r in per_row]
-    best = min(range(len(means)), key=means.__getitem__)
-    n = len(per_row[best])
-    records: list[dict[str, Any]] = []
-    chosen = None
-    for i, ((k, cov), r) in enumerate(zip(candidates, per_row, strict=True)):
-        diff = r - per_row[best]
-        se = paired_se(diff)
-        records.append(
-            {"n_components": k, "covariance_type": cov, "val_nll": means[i], "se_vs_best": se}
-        )
-        single = k == 1 and i != best  # one component only when it is the best
-        if chosen is None and not single and means[i] - means[best] <= TOLERANCE_SE * se:
-            chosen = i
-    assert chosen is not None  # the best itself qualifies
-    k, cov = candidates[chosen]
-    kb, covb = candidates[best]
-    if chosen == best:
-        reason = f"{k} {cov} component(s) had the lowest validation NLL ({means[best]:.4f})"
-    else:
-        simplest = "simplest mixture" if k > 1 and candidates[0][0] == 1 else "simplest candidate"
-        reason = (
-            f"{k} {cov} component(s): the {simplest} within {TOLERANCE_SE:g} paired "
-            "standard error(s) of the "
-            f"best ({kb} {covb}: {means[best]:.4f}; this one {means[chosen]:.4f}, paired "
-            f"standard error {records[chosen]['se_vs_best']:.4f} over {n} validation rows)"
-        )
-    return chosen, records, reason
-
-
 def select_capacity(
     model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any]
 ) -> History:
@@ -244,261 +164,33 @@ def select_capacity(
             f"automatic selection does not support {unsupported}: trained the fixed default "
             f"({k} {cov} components); pass n_components to choose"
         )
-        return _report(fit(model, x, y, **kwargs), [], [(k, cov)], reason)
+        return fit(model, x, y, **kwargs).record_capacity([], [(k, cov)], reason)
 
     seed = torch.Generator().seed() if kwargs.get("random_state") is None else kwargs["random_state"]
     kwargs = {**kwargs, "random_state": int(seed)}
     pairs = candidates(model)
     if kwargs.get("validation_data") is None and float(kwargs["validation_fraction"]) <= 0:
-        history = _train_fixed(model, 1, pairs[0][1], x, y, fit, kwargs)
+        history = train_fixed(model, 1, pairs[0][1], x, y, fit, kwargs)
         reason = (
             "no validation rows to compare candidates on: trained the simplest (one "
             "component); pass n_components to choose"
         )
-        return _report(history, [], [pairs[0]], reason)
-    folds = _folds(x, kwargs)
-    if folds is not None:  # too few validation rows to choose on: cross-validate
-        return _cross_validated(model, x, y, fit, kwargs, pairs, folds)
+        return history.record_capacity([], [pairs[0]], reason)
+    held_out = folds(x, kwargs)
+    if held_out is not None:  # too few validation rows to choose on: cross-validate
+        return cross_validate(model, x, y, fit, kwargs, pairs, held_out)
     history, best, inputs = train_ladder(model, pairs, x, y, fit, kwargs, keep_states=True)
     if not (history.val_nll and all(b.state is not None for b in best)):
         # a candidate never scored a finite validation NLL: nothing to compare
         k, cov = pairs[0]
-        history = _train_fixed(model, k, cov, x, y, fit, kwargs)
+        history = train_fixed(model, k, cov, x, y, fit, kwargs)
         records = [{"n_components": k, "covariance_type": c} for k, c in pairs]
         reason = "not every candidate scored a finite validation NLL: trained the simplest"
-        return _report(history, records, [pairs[0]], reason)
+        return history.record_capacity(records, [pairs[0]], reason)
     kept, records, reason = choose([b.rows for b in best], pairs)  # type: ignore[misc]
     if len(kept) > 1 and inputs is not None and model.out_features == 1:
         kept, reason = without_new_modes(model, best, kept, pairs, inputs, records, reason)
     at = best_epoch(best, kept)
     history.best_val_nll, history.best_epoch = average_nll(at.all_rows, kept), at.epoch
     install(model, at.state, kept, pairs)  # type: ignore[arg-type]
-    return _report(history, records, [pairs[i] for i in kept], reason)
-
-
-#: with fewer validation rows than this, the capacity is chosen by cross-validation
-MIN_VALIDATION_ROWS = 25
-#: folds of that cross-validation
-CV_FOLDS = 5
-
-
-def _folds(x: Any, kwargs: dict[str, Any]) -> list[Tensor] | None:
-    """The cross-validation folds (row indices) when the validation split would hold fewer
-    than :data:`MIN_VALIDATION_ROWS` rows (and the data allow it), else ``None``."""
-    n = len(x)
-    if kwargs.get("validation_data") is not None:
-        return None
-    held = validation_rows(n, float(kwargs["validation_fraction"]))
-    if held >= MIN_VALIDATION_ROWS or n < 2 * CV_FOLDS:
-        return None
-    g = torch.Generator().manual_seed(int(kwargs["random_state"]))
-    return list(torch.randperm(n, generator=g).tensor_split(CV_FOLDS))
-
-
-def _rows(a: Any, idx: Tensor) -> Any:
-    """Rows ``idx`` of a tensor or an array-like (pandas, NumPy, nested lists)."""
-    if isinstance(a, Tensor):
-        return a[idx.to(a.device)]
-    return np.asarray(a)[idx.numpy()]
-
-
-def _fold_scores(
-    model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any],
-    pairs: Sequence[tuple[int, str]], folds: list[Tensor],
-) -> tuple[list[Tensor], list[list[int]], list[Tensor]]:
-    """Each fold's rows scored by a ladder of ``pairs`` trained on the other folds: every
-    candidate's per-row NLLs of all held-out rows pooled (``inf`` where a candidate never
-    scored), its best epoch in each fold, and a sample of each fold's held-out inputs."""
-    per_row: list[list[Tensor]] = [[] for _ in pairs]
-    epochs: list[list[int]] = [[] for _ in pairs]
-    held_inputs: list[Tensor] = []
-    for j, held in enumerate(folds):
-        rest = torch.cat([f for i, f in enumerate(folds) if i != j])
-        fold_kwargs = {**kwargs, "validation_data": (_rows(x, held), _rows(y, held)),
-                       "progress": False, "callback": None}  # fmt: skip
-        _, best, inputs = train_ladder(
-            model, pairs, _rows(x, rest), _rows(y, rest), fit, fold_kwargs, keep_states=False
-        )
-        if inputs is not None:
-            held_inputs.append(inputs)
-        for i, b in enumerate(best):
-            per_row[i].append(b.rows if b.rows is not None else torch.full((len(held),), math.inf))
-            epochs[i].append(b.epoch)
-    return [torch.cat(r) for r in per_row], epochs, held_inputs
-
-
-def _cross_validated(
-    model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any],
-    pairs: list[tuple[int, str]], folds: list[Tensor],
-) -> History:
-    """Choose with :data:`CV_FOLDS`-fold cross-validation (each fold's rows scored by a ladder
-    trained on the others: every row is a validation row once), then train the chosen size
-    on every row for the folds' median best epoch count (no rows held out: the folds have
-    already said when to stop, on five times as many validation rows as one split holds)."""
-    pooled, epochs, held_inputs = _fold_scores(model, x, y, fit, kwargs, pairs, folds)
-    idx, records, reason = simplest(pooled, pairs)
-    user_callback = kwargs.get("callback")
-    # the folds' schedule (warm-up, cosine decay) spans their planned epochs: the same here
-    planned, _ = plan(len(x) - len(folds[0]), kwargs["batch_size"], kwargs.get("max_epochs"),
-                      kwargs.get("max_steps"), None)  # fmt: skip
-
-    def train_final(
-        i: int, trial: bool = False, start: str | None = None, stops: Sequence[int] | None = None
-    ) -> tuple[History, int]:
-        """Candidate ``i`` trained on every row for its folds' median best epoch count
-        (``stops``, when given: those folds' best epochs; ``start``: the head's start, when
-        not the caller's); a ``trial``, like a fold, without the caller's callback and
-        progress bar."""
-        stop_after = max(1, int(np.median(epochs[i] if stops is None else stops)) + 1)
-        callback = None if trial else user_callback
-
-        def stop(epoch: int, history: History) -> bool:
-            asked = callback(epoch, history) if callback is not None else None
-            return bool(asked) or epoch + 1 >= stop_after
-
-        final = {**kwargs, "validation_fraction": 0.0, "patience": None, "callback": stop,
-                 "max_epochs": planned, **({"progress": False} if trial else {}),
-                 **({"initialize": start} if start is not None else {})}  # fmt: skip
-        return _train_fixed(model, *pairs[i], x, y, fit, final), stop_after
-
-    trained = train_final(idx)
-    if model.out_features == 1 and held_inputs:
-        sample = torch.cat(held_inputs)
-        idx, trained, note = fewer_modes(
-            model, sample, pooled, pairs, idx, lambda i: train_final(i, trial=True), trained
-        )
-        reason += note
-        if kwargs.get("initialize", True) in (True, "clusters") and pairs[idx][0] > 1:
-
-            def score() -> tuple[Tensor, list[int]]:
-                start = {**kwargs, "initialize": "overlapping"}
-                rows, stops, _ = _fold_scores(model, x, y, fit, start, [pairs[idx]], folds)
-                return rows[0], stops[0]
-
-            trained, note = overlapping_start(
-                model, sample, pooled[idx], score,
-                lambda stops: train_final(idx, trial=True, start="overlapping", stops=stops),
-                trained,
-            )  # fmt: skip
-            reason += note
-    history, stop_after = trained
-    return _report(history, records, [pairs[idx]], f"{CV_FOLDS}-fold cross-validation over "
-                   f"{len(x)} rows: {reason}; trained on every row for {stop_after} epochs (the "
-                   "folds' median best epoch)")  # fmt: skip
-
-
-def overlapping_start(
-    model: MDN, x: Tensor, pooled: Tensor, score: Callable[[], tuple[Tensor, Sequence[int]]],
-    train: Callable[[Sequence[int]], tuple[History, int]], trained: tuple[History, int],
-) -> tuple[tuple[History, int], str]:
-    """After cross-validation, for a one-column target whose fit (``model``, just trained;
-    ``trained``: its history and epoch count; ``pooled``: its per-row held-out NLLs) still
-    has more than one mode per input on ``x`` (a sample of the training inputs): the same
-    size started with its components overlapping (``initialize="overlapping"``) is
-    cross-validated on the same folds (``score()``: its pooled per-row NLLs and each fold's
-    best epoch) and, when its pooled NLL is within
-    :data:`~torchmdn.training.average.MODE_GUARD_SE` paired standard errors of the chosen
-    start's, trained on every row (``train(stops)``, for those folds' median best epoch
-    count) and kept if it has fewer modes (else the model is restored). Returns the
-    history and epoch count kept and a note for the reason. On a few dozen rows of skewed
-    noise the k-means start's clusters become modes the data do not have (measured:
-    benchmarks/RESULTS.md, "Small data")."""
-    found = mean_modes(model, x)
-    if found <= 1:
-        return trained, ""
-    rows, stops = score()
-    diff = rows - pooled
-    diff = diff[torch.isfinite(diff)]
-    worse = float(diff.mean()) if len(diff) else math.inf
-    if not (len(diff) > 1 and worse <= MODE_GUARD_SE * paired_se(diff)):
-        return trained, (f"; {found:.2f} modes per training input; started overlapping, "
-                         f"{worse:+.4f} per row on the folds: not tried")  # fmt: skip
-    trained, now = _keep_if_fewer_modes(model, x, found, trained, partial(train, stops))
-    if now >= found:
-        return trained, (f"; {found:.2f} modes per training input; started overlapping, as "
-                         f"good on the folds but {now:.2f} modes: not kept")  # fmt: skip
-    return trained, (f"; then started with its components overlapping ({found:.2f} modes per "
-                     f"training input before, {now:.2f} now; pooled NLL {worse:+.4f} per "
-                     "row)")  # fmt: skip
-
-
-def _keep_if_fewer_modes(
-    model: MDN, x: Tensor, found: float, trained: tuple[History, int],
-    train: Callable[[], tuple[History, int]],
-) -> tuple[tuple[History, int], float]:
-    """Train ``model`` afresh (``train()``) and keep that fit only if it has fewer than
-    ``found`` modes per input on ``x``; else restore the fit before (``trained``: its
-    history and epoch count). Returns the history and epoch count kept, and the new fit's
-    modes per input."""
-    before = (copy.deepcopy(model), trained)
-    trained = train()
-    now = mean_modes(model, x)
-    if now >= found:
-        old, trained = before
-        model.head = old.head
-        model.load_state_dict(old.state_dict())
-    return trained, now
-
-
-def fewer_modes(
-    model: MDN, x: Tensor, pooled: Sequence[Tensor], pairs: Sequence[tuple[int, str]],
-    idx: int, train: Callable[[int], tuple[History, int]], trained: tuple[History, int],
-) -> tuple[int, tuple[History, int], str]:
-    """After cross-validation, for a one-column target: while ``model`` (candidate ``idx``,
-    just trained) has more than one mode per input on ``x`` (a sample of the training inputs;
-    the simplest candidate, one component, has one), the next simpler candidate is trained
-    instead if its pooled per-row NLL is within
-    :data:`~torchmdn.training.average.MODE_GUARD_SE` paired standard errors of the chosen
-    one's, and kept only if it has fewer modes (else the model is restored). ``train(i)``
-    trains candidate ``i`` into ``model`` and returns its history and epoch count;
-    ``trained`` is the chosen one's. Returns the candidate kept, its history and epoch count,
-    and a note for the reason (measured: benchmarks/RESULTS.md, "Small data")."""
-    chosen, note = idx, ""
-    found = mean_modes(model, x)
-    while idx > 0 and found > 1:
-        diff = pooled[idx - 1] - pooled[chosen]
-        diff = diff[torch.isfinite(diff)]
-        se = paired_se(diff)
-        if not float(diff.mean()) <= MODE_GUARD_SE * se:
-            break
-        trained, now = _keep_if_fewer_modes(model, x, found, trained, partial(train, idx - 1))
-        if now >= found:  # no fewer modes: the one before was restored
-            break
-        note += (f"; then {pairs[idx - 1][0]} instead of {pairs[idx][0]} (that had {found:.2f} "
-                 f"modes per training input, this {now:.2f}; pooled NLL within "
-                 f"{MODE_GUARD_SE:g} paired standard error(s) of the chosen)")  # fmt: skip
-        idx, found = idx - 1, now
-    return idx, trained, note
-
-
-def _report(
-    history: History, tried: list[dict[str, Any]], chosen: Sequence[tuple[int, str]], reason: str
-) -> History:
-    """Record in ``history`` what was tried, what was chosen (the candidates averaged, one or
-    more) and why; returns ``history``."""
-    history.capacity = {
-        "tried": tried,
-        "chosen": {
-            "n_components": sum(k for k, _ in chosen),
-            "covariance_type": chosen[0][1],
-            "averaged": [k for k, _ in chosen],
-        },
-        "reason": reason,
-    }
-    return history
-
-
-def _train_fixed(
-    model: MDN, k: int, cov: str, x: Any, y: Any, fit: Callable[..., History],
-    kwargs: dict[str, Any],
-) -> History:
-    """Make ``model`` a fresh MDN with ``k`` ``cov`` components (weights drawn from
-    ``random_state``, normalisers unset) and train it like any fixed-size model."""
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(kwargs["random_state"]))
-        fresh = MDN(**{**model.config(), "n_components": k, "covariance_type": cov, "groups": None})
-        model.head = fresh.head
-        model.load_state_dict(fresh.state_dict())
-        model.to(next(model.backbone.parameters()))
-    model.auto_components = model.auto_covariance = False
-    return fit(model, x, y, **kwargs)
+    return history.record_capacity(records, [pairs[i] for i in kept], reason)

@@ -4,6 +4,7 @@ from a checkpoint)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,22 @@ class History:
     def epochs(self) -> int:
         """Number of epochs run."""
         return len(self.train_nll)
+
+    def record_capacity(
+        self, tried: list[dict[str, Any]], chosen: Sequence[tuple[int, str]], reason: str
+    ) -> History:
+        """Fill :attr:`capacity`: the candidates ``tried``, the ``chosen`` ``(n_components,
+        covariance)`` pairs (averaged, one or more) and the ``reason``; returns ``self``."""
+        self.capacity = {
+            "tried": tried,
+            "chosen": {
+                "n_components": sum(k for k, _ in chosen),
+                "covariance_type": chosen[0][1],
+                "averaged": [k for k, _ in chosen],
+            },
+            "reason": reason,
+        }
+        return self
 
     def __repr__(self) -> str:
         # a summary, not thousands of per-epoch numbers (those stay in the attributes)
