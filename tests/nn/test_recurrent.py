@@ -265,6 +265,23 @@ def test_fit_sequences_learns_and_respects_lengths(tmp_path):
         fit_sequences(m, x, y_pad)  # NaN on steps that are not declared padding
 
 
+def test_fit_sequences_can_start_the_components_overlapping():
+    """``initialize="overlapping"`` reaches the recurrent head: every component starts at
+    the median of the real steps' targets (padding left out)."""
+    x, y = _data(b=6, t=5, d=2)
+    lengths = torch.tensor([5, 3, 4, 5, 2, 5])
+    y_pad = y.clone()
+    y_pad[~lengths_to_mask(lengths, 5)] = 1e6  # padding far away: it must not move the median
+    m = _model(d=2, n=3, covariance_type="diagonal")
+    # every sequence a training row; a learning rate of 1e-12: one epoch leaves the start as is
+    fit_sequences(m, x, y_pad, lengths, max_epochs=1, lr=1e-12, random_state=0, progress=False,
+                  initialize="overlapping", validation_fraction=0.0)  # fmt: skip
+    z = (y[lengths_to_mask(lengths, 5)] - m.y_loc) / m.y_scale
+    with torch.no_grad():
+        centres = torch.stack([m.head.linear.bias[m.head.component_rows(k)[1:3]] for k in range(3)])
+    torch.testing.assert_close(centres, z.median(0).values.expand(3, 2), atol=1e-6, rtol=0)
+
+
 def test_fit_sequences_resumes_exactly(tmp_path):
     x, y = _toy_sequences(n=24, t=8)
     kw = dict(batch_size=8, random_state=3, progress=False, validation_fraction=0.25)

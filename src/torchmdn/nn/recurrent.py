@@ -342,11 +342,13 @@ class MDNRNN(nn.Module):
         mask: Tensor | None = None,
         generator: torch.Generator | None = None,
         max_points: int = 4096,
+        start: str = "clusters",
     ) -> MDNRNN:
         """Start the heads at the unconditional fit of the targets on the real steps.
 
-        The mixture head starts at a k-means fit (:meth:`MDNHead.initialize`) of at most
-        ``max_points`` standardised targets; the pen head at the pen states' frequencies.
+        The mixture head starts at a fit of at most ``max_points`` standardised targets
+        (:meth:`MDNHead.initialize`; ``start``: k-means clusters or overlapping components);
+        the pen head at the pen states' frequencies.
         """
         x = self.check_inputs(x)
         mask = self._mask(mask, x)
@@ -356,7 +358,7 @@ class MDNRNN(nn.Module):
         if len(z) > max_points:
             pick = torch.randperm(len(z), generator=gen, device=gen.device)[:max_points]
             z = z[pick.to(z.device)]
-        self.head.initialize(z, generator=gen)
+        self.head.initialize(z, generator=gen, start=start)
         if self.pen is not None:
             self.pen.initialize(pen[mask])
         return self

@@ -53,9 +53,12 @@ class _PackedSequences(nn.Module):
         xs, mask = self.unpack_x(x)
         self.model.standardize(xs, self.unpack_y(y), mask)
 
-    def initialize(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> None:
+    def initialize(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+        start: str = "clusters",
+    ) -> None:  # fmt: skip
         xs, mask = self.unpack_x(x)
-        self.model.initialize(xs, self.unpack_y(y), mask, generator=generator)
+        self.model.initialize(xs, self.unpack_y(y), mask, generator=generator, start=start)
 
     def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
         xs, mask = self.unpack_x(x)
