@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from torchmdn import MDN
+from torchmdn.training.average import mean_modes
 from torchmdn.training.capacity import candidates
 from torchmdn.training.crossval import TOLERANCE_SE, fewer_modes, overlapping_start, simplest
 from torchmdn.training.history import History
@@ -68,7 +69,8 @@ def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(c
         pooled[1] += 1.0
     trained = train(2)
     chosen_state = {k: v.clone() for k, v in model.state_dict().items()}
-    idx, (history, epochs), note = fewer_modes(model, x, pooled, pairs, 2, train, trained)
+    idx, (history, epochs), note, found = fewer_modes(model, x, pooled, pairs, 2, train, trained)
+    assert found == mean_modes(model, x)  # the kept fit's, handed on to the next step
     if case == "simpler":
         assert (idx, epochs, model.n_components) == (1, 11, 2) and calls == [2, 1]
         assert note.startswith("; then 2 instead of 3 (that had 2.00 modes per training input")
@@ -106,7 +108,10 @@ def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_m
         _with_components(model, [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1])
         return History(), 8
 
-    (history, epochs), note = overlapping_start(model, x, pooled, score, train, (History(), 5))
+    found = mean_modes(model, x)
+    (history, epochs), note = overlapping_start(
+        model, x, found, pooled, score, train, (History(), 5)
+    )
     if case == "adopted":
         assert calls == ["score", [7, 8, 8, 9, 30]] and epochs == 8
         assert note.startswith("; then started with its components overlapping (2.00 modes")

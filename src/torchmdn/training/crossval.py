@@ -187,19 +187,19 @@ def cross_validate(
     trained = train_final(idx)
     if model.out_features == 1 and held_inputs:
         sample = torch.cat(held_inputs)
-        idx, trained, note = fewer_modes(
+        idx, trained, note, found = fewer_modes(
             model, sample, pooled, pairs, idx, lambda i: train_final(i, trial=True), trained
         )
         reason += note
         if kwargs.get("initialize", True) in (True, "clusters") and pairs[idx][0] > 1:
 
             def score() -> tuple[Tensor, list[int]]:
-                start = {**kwargs, "initialize": "overlapping"}
-                rows, stops, _ = _fold_scores(model, x, y, fit, start, [pairs[idx]], folds)
+                overlapping = {**kwargs, "initialize": "overlapping"}
+                rows, stops, _ = _fold_scores(model, x, y, fit, overlapping, [pairs[idx]], folds)
                 return rows[0], stops[0]
 
             trained, note = overlapping_start(
-                model, sample, pooled[idx], score,
+                model, sample, found, pooled[idx], score,
                 lambda stops: train_final(idx, trial=True, start="overlapping", stops=stops),
                 trained,
             )  # fmt: skip
@@ -211,12 +211,14 @@ def cross_validate(
 
 
 def overlapping_start(
-    model: MDN, x: Tensor, pooled: Tensor, score: Callable[[], tuple[Tensor, Sequence[int]]],
+    model: MDN, x: Tensor, found: float, pooled: Tensor,
+    score: Callable[[], tuple[Tensor, Sequence[int]]],
     train: Callable[[Sequence[int]], tuple[History, int]], trained: tuple[History, int],
 ) -> tuple[tuple[History, int], str]:
     """After cross-validation, for a one-column target whose fit (``model``, just trained;
     ``trained``: its history and epoch count; ``pooled``: its per-row held-out NLLs) still
-    has more than one mode per input on ``x`` (a sample of the training inputs): the same
+    has more than one mode per input on ``x`` (a sample of the training inputs; ``found``:
+    the fit's modes per input there, as :func:`fewer_modes` left them): the same
     size started with its components overlapping (``initialize="overlapping"``) is
     cross-validated on the same folds (``score()``: its pooled per-row NLLs and each fold's
     best epoch) and, when its pooled NLL is within
@@ -226,7 +228,6 @@ def overlapping_start(
     history and epoch count kept and a note for the reason. On a few dozen rows of skewed
     noise the k-means start's clusters become modes the data do not have (measured:
     benchmarks/RESULTS.md, "Small data")."""
-    found = mean_modes(model, x)
     if found <= 1:
         return trained, ""
     rows, stops = score()
@@ -266,7 +267,7 @@ def _keep_if_fewer_modes(
 def fewer_modes(
     model: MDN, x: Tensor, pooled: Sequence[Tensor], pairs: Sequence[tuple[int, str]],
     idx: int, train: Callable[[int], tuple[History, int]], trained: tuple[History, int],
-) -> tuple[int, tuple[History, int], str]:
+) -> tuple[int, tuple[History, int], str, float]:
     """After cross-validation, for a one-column target: while ``model`` (candidate ``idx``,
     just trained) has more than one mode per input on ``x`` (a sample of the training inputs;
     the simplest candidate, one component, has one), the next simpler candidate is trained
@@ -275,7 +276,8 @@ def fewer_modes(
     one's, and kept only if it has fewer modes (else the model is restored). ``train(i)``
     trains candidate ``i`` into ``model`` and returns its history and epoch count;
     ``trained`` is the chosen one's. Returns the candidate kept, its history and epoch count,
-    and a note for the reason (measured: benchmarks/RESULTS.md, "Small data")."""
+    a note for the reason and the kept fit's modes per input on ``x`` (measured:
+    benchmarks/RESULTS.md, "Small data")."""
     chosen, note = idx, ""
     found = mean_modes(model, x)
     while idx > 0 and found > 1:
@@ -291,7 +293,7 @@ def fewer_modes(
                  f"modes per training input, this {now:.2f}; pooled NLL within "
                  f"{MODE_GUARD_SE:g} paired standard error(s) of the chosen)")  # fmt: skip
         idx, found = idx - 1, now
-    return idx, trained, note
+    return idx, trained, note, found
 
 
 def train_fixed(
