@@ -101,7 +101,8 @@ def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_m
     def score():
         calls.append("score")
         rows = pooled + torch.rand(40, generator=g, dtype=torch.float64) * 0.1 - 0.05
-        return rows + (1.0 if case == "worse on the folds" else 0.0), [7, 9, 8, 30, 8]
+        rows = rows + (1.0 if case == "worse on the folds" else 0.0)
+        return rows, [7, 9, 8, 30, 8], wide
 
     def train(stops):
         calls.append(sorted(stops))
@@ -109,10 +110,13 @@ def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_m
         return History(), 8
 
     found = mean_modes(model, x)
-    (history, epochs), note = overlapping_start(
+    wide = torch.rand(40, 3, generator=g, dtype=torch.float64)
+    (history, epochs), note, kept = overlapping_start(
         model, x, found, pooled, score, train, (History(), 5)
     )
+    assert (kept is not None) == (case == "adopted")  # the new fit's fold scores, when kept
     if case == "adopted":
+        assert kept[1] is wide and kept[0].shape == (40,)
         assert calls == ["score", [7, 8, 8, 9, 30]] and epochs == 8
         assert note.startswith("; then started with its components overlapping (2.00 modes")
         with torch.no_grad():
@@ -126,3 +130,4 @@ def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_m
     assert (note == "") == (case == "one mode")
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, chosen_state[k])
+

@@ -109,6 +109,50 @@ def test_the_recorder_keeps_a_sample_of_the_validation_inputs():
 
 
 @pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize(("d", "cov"), [(1, "auto"), (2, "isotropic"), (3, "auto")])
+def test_widened_scores_are_the_heads_with_wider_standard_deviations(
+    d, cov, padded, device, monkeypatch
+):
+    """``head_log_probs(h, z, widen)`` equals each head with its floor raised by ``widen``
+    (either way of evaluating them); for the diagonal heads, also torch's mixture of normals
+    with every standard deviation widened. Scoring with ``widenings`` records them."""
+    if padded:
+        monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
+    x, y = _curve(60, min(d, 2), device)
+    y = torch.cat([y, y[:, :1] ** 2], 1)[:, :d].double()
+    model = _model(d, cov).double().to(device)
+    ladder, h, z = _ladder(model, x.double(), y)
+    ladder.widenings = (0.05, 0.3)
+    with torch.no_grad():
+        for m in ladder.members:
+            m.head.linear.weight.normal_()
+        for w in ladder.widenings:
+            got = ladder.head_log_probs(h, z, w)
+            want = []
+            for m in ladder.members:
+                wide = copy.deepcopy(m.head)
+                wide.scale_floor.add_(w)
+                want.append(wide(h).log_prob(z))
+                if m.head.covariance_type == "diagonal":
+                    gm = m.head(h)
+                    normal = torch.distributions.Independent(
+                        torch.distributions.Normal(gm.loc, gm.scale + w), 1
+                    )
+                    mix = torch.distributions.Categorical(logits=gm.logits)
+                    oracle = torch.distributions.MixtureSameFamily(mix, normal).log_prob(z)
+                    torch.testing.assert_close(got[:, len(want) - 1], oracle)
+            torch.testing.assert_close(got, torch.stack(want, -1), rtol=1e-9, atol=1e-9)
+        ladder.eval()
+        ladder.log_prob(x.double(), y)
+    rec = ladder.recorder
+    first = ladder.members[0]
+    assert len(rec.widened) == len(ladder.members) and rec.widened[0][0].shape == (60, 2)
+    per_head = torch.cat(rec.widened[0])[:, 1].to(device)
+    want = -(ladder.head_log_probs(h, z, 0.3)[:, 0] - first.y_scale.log().sum())
+    torch.testing.assert_close(per_head, want)
+
+
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("d", [1, 2])
 def test_under_bf16_autocast_the_mixtures_are_float32(device, d, padded, monkeypatch):
     """Under autocast the heads' linear layers run in bfloat16 and their mixtures in float32

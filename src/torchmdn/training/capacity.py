@@ -27,8 +27,9 @@ them has, and a large head that over-fits a few rows brings its spikes. The
 reason (``history.capacity``); ``model.n_components`` is the total.
 
 Small data: when the validation split would hold fewer than 25 rows (under 250 rows at
-the default 10%), the choice is made by 5-fold cross-validation instead, and the chosen size
-trained on every row (:mod:`torchmdn.training.crossval`).
+the default 10%), the choice is made by 5-fold cross-validation instead, the chosen size
+trained on every row, and its standard deviations widened by the amount the folds choose
+(:mod:`torchmdn.training.crossval`, :mod:`torchmdn.training.widening`).
 
 Without a validation set (``validation_fraction=0`` and no ``validation_data``) nothing can
 compare candidates: one component is trained. Streamed data, data-parallel runs and

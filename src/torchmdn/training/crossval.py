@@ -18,7 +18,11 @@ started with the components overlapping (all at the targets' median, different w
 ``initialize="overlapping"``) is cross-validated on the same folds and, when the pooled rows
 cannot tell the two starts apart, trained on every row and kept if it has fewer modes
 (:func:`overlapping_start`; the k-means start puts a component on a skewed tail from the
-first step). This costs about 8-16 small fits, on data sets where one fit takes seconds.
+first step). Last, every standard deviation of the fit kept is widened by the amount the
+folds' held-out rows scored best (each fold's ladder scores its heads widened too; for a
+one-column target with more than one mode per input, a larger amount with fewer modes when
+the rows cannot tell: :func:`~torchmdn.training.widening.widen`). This costs about 8-16 small
+fits, on data sets where one fit takes seconds.
 
 (An average there would have to be trained afresh on every row; so trained, on 50 rows of
 heteroscedastic noise, it had 3.4 modes per input where the truth has one.)
@@ -41,6 +45,7 @@ from .average import MODE_GUARD_SE, mean_modes, paired_se
 from .history import History
 from .ladder import train_ladder
 from .length import plan, validation_rows
+from .widening import WIDENINGS, widen
 
 __all__ = [
     "CV_FOLDS", "MIN_VALIDATION_ROWS", "TOLERANCE_SE", "cross_validate", "fewer_modes", "folds",
@@ -128,11 +133,14 @@ def _rows(a: Any, idx: Tensor) -> Any:
 def _fold_scores(
     model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any],
     pairs: Sequence[tuple[int, str]], folds: list[Tensor],
-) -> tuple[list[Tensor], list[list[int]], list[Tensor]]:
+) -> tuple[list[Tensor], list[list[int]], list[Tensor], list[Tensor]]:
     """Each fold's rows scored by a ladder of ``pairs`` trained on the other folds: every
     candidate's per-row NLLs of all held-out rows pooled (``inf`` where a candidate never
-    scored), its best epoch in each fold, and a sample of each fold's held-out inputs."""
+    scored), its best epoch in each fold, a sample of each fold's held-out inputs, and every
+    candidate's pooled per-row NLLs with its standard deviations widened by each of
+    :data:`WIDENINGS` ``(rows, widenings)``."""
     per_row: list[list[Tensor]] = [[] for _ in pairs]
+    widened: list[list[Tensor]] = [[] for _ in pairs]
     epochs: list[list[int]] = [[] for _ in pairs]
     held_inputs: list[Tensor] = []
     for j, held in enumerate(folds):
@@ -140,14 +148,18 @@ def _fold_scores(
         fold_kwargs = {**kwargs, "validation_data": (_rows(x, held), _rows(y, held)),
                        "progress": False, "callback": None}  # fmt: skip
         _, best, inputs = train_ladder(
-            model, pairs, _rows(x, rest), _rows(y, rest), fit, fold_kwargs, keep_states=False
+            model, pairs, _rows(x, rest), _rows(y, rest), fit, fold_kwargs, keep_states=False,
+            widenings=WIDENINGS,
         )
         if inputs is not None:
             held_inputs.append(inputs)
         for i, b in enumerate(best):
-            per_row[i].append(b.rows if b.rows is not None else torch.full((len(held),), math.inf))
+            missing = torch.full((len(held), len(WIDENINGS)), math.inf, dtype=torch.float64)
+            per_row[i].append(b.rows if b.rows is not None else missing[:, 0])
+            widened[i].append(b.widened[:, i] if b.widened is not None else missing)
             epochs[i].append(b.epoch)
-    return [torch.cat(r) for r in per_row], epochs, held_inputs
+    pooled = [torch.cat(r) for r in per_row]
+    return pooled, epochs, held_inputs, [torch.cat(r) for r in widened]
 
 
 def cross_validate(
@@ -158,7 +170,7 @@ def cross_validate(
     trained on the others: every row is a validation row once), then train the chosen size
     on every row for the folds' median best epoch count (no rows held out: the folds have
     already said when to stop, on five times as many validation rows as one split holds)."""
-    pooled, epochs, held_inputs = _fold_scores(model, x, y, fit, kwargs, pairs, folds)
+    pooled, epochs, held_inputs, widened = _fold_scores(model, x, y, fit, kwargs, pairs, folds)
     idx, records, reason = simplest(pooled, pairs)
     user_callback = kwargs.get("callback")
     # the folds' schedule (warm-up, cosine decay) spans their planned epochs: the same here
@@ -191,19 +203,26 @@ def cross_validate(
             model, sample, pooled, pairs, idx, lambda i: train_final(i, trial=True), trained
         )
         reason += note
+        scores = pooled[idx], widened[idx]
         if kwargs.get("initialize", True) in (True, "clusters") and pairs[idx][0] > 1:
 
-            def score() -> tuple[Tensor, list[int]]:
+            def score() -> tuple[Tensor, list[int], Tensor]:
                 overlapping = {**kwargs, "initialize": "overlapping"}
-                rows, stops, _ = _fold_scores(model, x, y, fit, overlapping, [pairs[idx]], folds)
-                return rows[0], stops[0]
+                rows, stops, _, wide = _fold_scores(
+                    model, x, y, fit, overlapping, [pairs[idx]], folds
+                )
+                return rows[0], stops[0], wide[0]
 
-            trained, note = overlapping_start(
+            trained, note, kept = overlapping_start(
                 model, sample, found, pooled[idx], score,
                 lambda stops: train_final(idx, trial=True, start="overlapping", stops=stops),
                 trained,
             )  # fmt: skip
             reason += note
+            scores = kept or scores
+        reason += widen(model, *scores, sample)
+    else:
+        reason += widen(model, pooled[idx], widened[idx])
     history, stop_after = trained
     reason = (f"{CV_FOLDS}-fold cross-validation over {len(x)} rows: {reason}; trained on every "
               f"row for {stop_after} epochs (the folds' median best epoch)")  # fmt: skip
@@ -212,38 +231,39 @@ def cross_validate(
 
 def overlapping_start(
     model: MDN, x: Tensor, found: float, pooled: Tensor,
-    score: Callable[[], tuple[Tensor, Sequence[int]]],
+    score: Callable[[], tuple[Tensor, Sequence[int], Tensor]],
     train: Callable[[Sequence[int]], tuple[History, int]], trained: tuple[History, int],
-) -> tuple[tuple[History, int], str]:
+) -> tuple[tuple[History, int], str, tuple[Tensor, Tensor] | None]:
     """After cross-validation, for a one-column target whose fit (``model``, just trained;
     ``trained``: its history and epoch count; ``pooled``: its per-row held-out NLLs) still
     has more than one mode per input on ``x`` (a sample of the training inputs; ``found``:
     the fit's modes per input there, as :func:`fewer_modes` left them): the same
     size started with its components overlapping (``initialize="overlapping"``) is
-    cross-validated on the same folds (``score()``: its pooled per-row NLLs and each fold's
-    best epoch) and, when its pooled NLL is within
+    cross-validated on the same folds (``score()``: its pooled per-row NLLs, each fold's
+    best epoch and the widened NLLs) and, when its pooled NLL is within
     :data:`~torchmdn.training.average.MODE_GUARD_SE` paired standard errors of the chosen
     start's, trained on every row (``train(stops)``, for those folds' median best epoch
     count) and kept if it has fewer modes (else the model is restored). Returns the
-    history and epoch count kept and a note for the reason. On a few dozen rows of skewed
+    history and epoch count kept, a note for the reason, and the folds' scores (pooled and
+    widened) of the fit kept when it is the new one (else ``None``). On a few dozen rows of skewed
     noise the k-means start's clusters become modes the data do not have (measured:
     benchmarks/RESULTS.md, "Small data")."""
     if found <= 1:
-        return trained, ""
-    rows, stops = score()
+        return trained, "", None
+    rows, stops, wide = score()
     diff = rows - pooled
     diff = diff[torch.isfinite(diff)]
     worse = float(diff.mean()) if len(diff) else math.inf
     if not (len(diff) > 1 and worse <= MODE_GUARD_SE * paired_se(diff)):
         return trained, (f"; {found:.2f} modes per training input; started overlapping, "
-                         f"{worse:+.4f} per row on the folds: not tried")  # fmt: skip
+                         f"{worse:+.4f} per row on the folds: not tried"), None  # fmt: skip
     trained, now = _keep_if_fewer_modes(model, x, found, trained, partial(train, stops))
     if now >= found:
         return trained, (f"; {found:.2f} modes per training input; started overlapping, as "
-                         f"good on the folds but {now:.2f} modes: not kept")  # fmt: skip
+                         f"good on the folds but {now:.2f} modes: not kept"), None  # fmt: skip
     return trained, (f"; then started with its components overlapping ({found:.2f} modes per "
                      f"training input before, {now:.2f} now; pooled NLL {worse:+.4f} per "
-                     "row)")  # fmt: skip
+                     "row)"), (rows, wide)  # fmt: skip
 
 
 def _keep_if_fewer_modes(

@@ -5,7 +5,9 @@ trained together (see :mod:`torchmdn.training.capacity`, which chooses among the
 head; when the training loop scores the validation rows each head's per-row values are
 recorded. The heads are evaluated together: their linear layers as one matrix product and
 their mixtures as one padded log-sum-exp, or, on the CPU, each head at its own size by one
-call of the compiled kernel (padding evaluates every head at the largest head's size).
+call of the compiled kernel (padding evaluates every head at the largest head's size). With ``widenings``, each head is
+also scored with its standard deviations widened by each of them (standardised units): what
+cross-validation chooses a widening from (:mod:`torchmdn.training.crossval`).
 :func:`train_ladder` trains one with :func:`torchmdn.fit` and keeps each head's best epoch
 (:class:`HeadBest`).
 """
@@ -49,6 +51,7 @@ class _Recorder:
 
     def reset(self) -> None:
         self.rows: list[list[Tensor]] = [[] for _ in range(self.n_heads)]
+        self.widened: list[list[Tensor]] = [[] for _ in range(self.n_heads)]
         self.source: Ladder | None = None
 
     def __deepcopy__(self, memo: dict) -> _Recorder:
@@ -57,16 +60,22 @@ class _Recorder:
 
 class Ladder(nn.Module):
     """Candidate MDNs sharing one backbone (and the normalisers): ``log_prob`` is the mean of
-    their log-likelihoods, so one training run fits every head."""
+    their log-likelihoods, so one training run fits every head. ``widenings``: amounts
+    (standardised units of y) by which the heads' standard deviations are also widened when
+    the validation rows are scored (recorded, not trained)."""
 
     #: the capacity choice keeps each head's best state itself, from the recorded validation
     #: rows: the training loop neither copies the ladder's best state (every epoch the mean
     #: improves: 6% of a small fit) nor restores it
     keeps_best_states = True
 
-    def __init__(self, model: MDN, candidates: Sequence[tuple[int, str]], seed: int) -> None:
+    def __init__(
+        self, model: MDN, candidates: Sequence[tuple[int, str]], seed: int,
+        widenings: Sequence[float] = (),
+    ) -> None:  # fmt: skip
         super().__init__()
         self.candidates = list(candidates)
+        self.widenings = tuple(float(w) for w in widenings)
         cfg = model.config()
         members = []
         with torch.random.fork_rng(devices=[]):  # the heads' initial weights come from seed
@@ -161,19 +170,25 @@ class Ladder(nn.Module):
         if not self.training and not torch.is_grad_enabled():
             for i in range(len(self.members)):
                 self.recorder.rows[i].append(-lps[:, i].detach().double().cpu())
+            if self.widenings:  # (rows, heads, widenings)
+                wide = torch.stack([self.head_log_probs(h, z, w) for w in self.widenings], -1)
+                wide = -(wide - first.y_scale.log().sum()).double().cpu()
+                for i in range(len(self.members)):
+                    self.recorder.widened[i].append(wide[:, i])
             self.recorder.source = self
             if self.recorder.inputs is None:
                 self.recorder.inputs = x[:SAMPLE_ROWS].detach().clone()
         return lps.mean(-1)
 
-    def head_log_probs(self, h: Tensor, z: Tensor) -> Tensor:
+    def head_log_probs(self, h: Tensor, z: Tensor, widen: float = 0.0) -> Tensor:
         """``log p(z | h)`` under every head at once, ``(rows, heads)``: the heads' linear
         layers as one matrix product and their mixtures as one padded log-sum-exp; on the
         CPU, each head by the compiled kernel instead (:meth:`each_head_log_prob`). Under
         autocast the linear layers run in its dtype and the mixtures, as for one head, in
-        float32 with autocast off."""
+        float32 with autocast off. ``widen``: added to the heads' standard-deviation floor
+        (every standard deviation widened by it, standardised units)."""
         if h.device.type == "cpu" and kernel.available():
-            return self.each_head_log_prob(h, z)
+            return self.each_head_log_prob(h, z, widen)
         groups = self._groups()
         outs = []
         for idx, heads in groups.values():
@@ -183,14 +198,14 @@ class Ladder(nn.Module):
         *outs, z = at_least_float32(*outs, z)
         if autocast_on(h.device.type):
             with torch.autocast(h.device.type, enabled=False):
-                return self._padded_log_probs(outs, z)
-        return self._padded_log_probs(outs, z)
+                return self._padded_log_probs(outs, z, widen)
+        return self._padded_log_probs(outs, z, widen)
 
-    def _padded_log_probs(self, outs: list[Tensor], z: Tensor) -> Tensor:
+    def _padded_log_probs(self, outs: list[Tensor], z: Tensor, widen: float) -> Tensor:
         """The mixtures of :meth:`head_log_probs` from each covariance kind's grouped outputs
         (``[all logits | all means | all scale parameters]``), padded to the largest head."""
         d = z.shape[-1]
-        floor = self.members[0].head.scale_floor
+        floor = self.members[0].head.scale_floor + widen
         logits_all, comp_all = [], []
         for out, (kind, (_, heads)) in zip(outs, self._groups().items(), strict=True):
             n = sum(m.head.n_components for m in heads)
@@ -200,7 +215,7 @@ class Ladder(nn.Module):
                 scale = F.softplus(raw.unflatten(-1, (n, d))) + floor
                 comp = -0.5 * (diff / scale).square().sum(-1) - scale.log().sum(-1)
             elif kind == "isotropic":
-                scale = F.softplus(raw) + heads[0].head.floor
+                scale = F.softplus(raw) + heads[0].head.floor + widen
                 comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
             else:
                 prec = unpack_precision(raw.unflatten(-1, (n, -1)), floor)
@@ -216,7 +231,7 @@ class Ladder(nn.Module):
         lp = torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1)
         return lp - 0.5 * d * LOG_2PI
 
-    def each_head_log_prob(self, h: Tensor, z: Tensor) -> Tensor:
+    def each_head_log_prob(self, h: Tensor, z: Tensor, widen: float = 0.0) -> Tensor:
         """:meth:`head_log_probs` with each head's mixture evaluated at its own size by the
         compiled kernel, on its columns of the one matrix product, all heads one autograd node
         and one kernel call (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates
@@ -229,7 +244,8 @@ class Ladder(nn.Module):
         weight = torch.cat([hd.linear.weight for hd in heads])
         bias = torch.cat([hd.linear.bias for hd in heads])
         out, z = at_least_float32(F.linear(h, weight, bias), z)  # under autocast too
-        spec = [(HEAD_KINDS[hd.covariance_type], hd.n_components, hd.floor) for hd in heads]
+        spec = [(HEAD_KINDS[hd.covariance_type], hd.n_components, hd.floor + widen)
+                for hd in heads]  # fmt: skip
         return fused.heads_log_prob(out, spec, z)
 
     def _groups(self) -> dict[str, tuple[Tensor, list[MDN]]]:
@@ -283,24 +299,28 @@ class Ladder(nn.Module):
 @dataclass
 class HeadBest:
     """A candidate's best epoch in a ladder: its validation NLL, the epoch (0-based), its
-    per-row validation NLLs, every head's at that epoch ``(rows, heads)`` and (when kept) the
-    ladder's state then (shared by the heads whose best epoch it is)."""
+    per-row validation NLLs, every head's at that epoch ``(rows, heads)``, (when kept) the
+    ladder's state then (shared by the heads whose best epoch it is) and (when the ladder has
+    ``widenings``) every head's per-row NLLs then widened by each, ``(rows, heads,
+    widenings)``."""
 
     value: float = math.inf
     epoch: int = -1
     rows: Tensor | None = None
     all_rows: Tensor | None = None
     state: dict[str, Tensor] | None = None
+    widened: Tensor | None = None
 
 
 def train_ladder(
     model: MDN, pairs: Sequence[tuple[int, str]], x: Any, y: Any, fit: Callable[..., History],
-    kwargs: dict[str, Any], keep_states: bool,
+    kwargs: dict[str, Any], keep_states: bool, widenings: Sequence[float] = (),
 ) -> tuple[History, list[HeadBest], Tensor | None]:
     """Train a :class:`Ladder` of ``model``'s candidates ``pairs`` with ``fit`` (its keyword
     arguments ``kwargs``); for each head, its best epoch (with the ladder's state then when
-    ``keep_states``). Also returns a sample of the validation inputs."""
-    ladder = Ladder(model, pairs, int(kwargs["random_state"]))
+    ``keep_states``, its widened scores with ``widenings``). Also returns a sample of the
+    validation inputs."""
+    ladder = Ladder(model, pairs, int(kwargs["random_state"]), widenings)
     ladder.to(next(model.parameters()))
     best = [HeadBest() for _ in pairs]
     user_callback = kwargs.get("callback")
@@ -320,13 +340,14 @@ def train_ladder(
         if rec.source is not None and rec.rows[0]:
             all_rows = torch.stack([torch.cat(r) for r in rec.rows], -1)
             state: dict[str, Tensor] | None = None  # copied once for the heads that improved
+            wide = torch.stack([torch.cat(r) for r in rec.widened], 1) if rec.widened[0] else None
             for i in range(len(pairs)):
                 value = float(all_rows[:, i].mean())
                 if value >= best[i].value:
                     continue
                 if keep_states and state is None:
                     state = snapshot(rec.source)
-                best[i] = HeadBest(value, epoch, all_rows[:, i], all_rows, state)
+                best[i] = HeadBest(value, epoch, all_rows[:, i], all_rows, state, wide)
         rec.reset()
         return user_callback(epoch, history) if user_callback is not None else None
 
