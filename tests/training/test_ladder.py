@@ -113,16 +113,18 @@ def test_the_recorder_keeps_a_sample_of_the_validation_inputs():
 def test_widened_scores_are_the_heads_with_wider_standard_deviations(
     d, cov, padded, device, monkeypatch
 ):
-    """``head_log_probs(h, z, widen)`` equals each head with its floor raised by ``widen``
-    (either way of evaluating them); for the diagonal heads, also torch's mixture of normals
-    with every standard deviation widened. Scoring with ``widenings`` records them."""
+    """``head_log_probs(h, z, widen)`` equals each head's mixture with its covariances times
+    ``widen`` squared (torch's normals, or multivariate normals from its Cholesky factors
+    times ``widen``), either way of evaluating the heads; scoring with ``widenings``
+    records them."""
     if padded:
         monkeypatch.setattr(torchmdn.ops.kernel, "available", lambda: False)
     x, y = _curve(60, min(d, 2), device)
     y = torch.cat([y, y[:, :1] ** 2], 1)[:, :d].double()
     model = _model(d, cov).double().to(device)
     ladder, h, z = _ladder(model, x.double(), y)
-    ladder.widenings = (0.05, 0.3)
+    ladder.widenings = (1.3, 2.0)
+    dist = torch.distributions
     with torch.no_grad():
         for m in ladder.members:
             m.head.linear.weight.normal_()
@@ -130,17 +132,15 @@ def test_widened_scores_are_the_heads_with_wider_standard_deviations(
             got = ladder.head_log_probs(h, z, w)
             want = []
             for m in ladder.members:
-                wide = copy.deepcopy(m.head)
-                wide.scale_floor.add_(w)
-                want.append(wide(h).log_prob(z))
-                if m.head.covariance_type == "diagonal":
-                    gm = m.head(h)
-                    normal = torch.distributions.Independent(
-                        torch.distributions.Normal(gm.loc, gm.scale + w), 1
-                    )
-                    mix = torch.distributions.Categorical(logits=gm.logits)
-                    oracle = torch.distributions.MixtureSameFamily(mix, normal).log_prob(z)
-                    torch.testing.assert_close(got[:, len(want) - 1], oracle)
+                gm = m.head(h)
+                if gm.covariance_type == "full":
+                    comp = dist.MultivariateNormal(gm.loc, scale_tril=gm.scale_tril * w)
+                else:
+                    scale = gm.scale * w
+                    scale = scale if scale.dim() == 3 else scale[..., None].expand_as(gm.loc)
+                    comp = dist.Independent(dist.Normal(gm.loc, scale), 1)
+                mix = dist.Categorical(logits=gm.logits)
+                want.append(dist.MixtureSameFamily(mix, comp).log_prob(z))
             torch.testing.assert_close(got, torch.stack(want, -1), rtol=1e-9, atol=1e-9)
         ladder.eval()
         ladder.log_prob(x.double(), y)
@@ -148,7 +148,7 @@ def test_widened_scores_are_the_heads_with_wider_standard_deviations(
     first = ladder.members[0]
     assert len(rec.widened) == len(ladder.members) and rec.widened[0][0].shape == (60, 2)
     per_head = torch.cat(rec.widened[0])[:, 1].to(device)
-    want = -(ladder.head_log_probs(h, z, 0.3)[:, 0] - first.y_scale.log().sum())
+    want = -(ladder.head_log_probs(h, z, 2.0)[:, 0] - first.y_scale.log().sum())
     torch.testing.assert_close(per_head, want)
 
 

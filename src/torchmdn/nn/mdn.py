@@ -140,9 +140,7 @@ class MDNHead(nn.Module):
         self.min_scale = float(min_scale)
         self.groups = _groups(groups, n)
         #: per-dimension floor on standard deviations (>= min_scale); MDN.standardize raises it
-        #: to the resolution of a target recorded on a grid (see MDN's ``target_resolution``),
-        #: and a fit on small data widens every standard deviation by adding to it
-        #: (:mod:`torchmdn.training.widening`)
+        #: to the resolution of a target recorded on a grid (see MDN's ``target_resolution``)
         self.register_buffer("scale_floor", torch.full((d,), self.min_scale))
         kind = HEAD_KINDS[covariance_type]
         self._split = [n, n * d, scale_width(kind, n, d)]

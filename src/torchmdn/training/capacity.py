@@ -28,7 +28,7 @@ reason (``history.capacity``); ``model.n_components`` is the total.
 
 Small data: when the validation split would hold fewer than 25 rows (under 250 rows at
 the default 10%), the choice is made by 5-fold cross-validation instead, the chosen size
-trained on every row, and its standard deviations widened by the amount the folds choose
+trained on every row, and its standard deviations widened by the factor the folds choose
 (:mod:`torchmdn.training.crossval`, :mod:`torchmdn.training.widening`).
 
 Without a validation set (``validation_fraction=0`` and no ``validation_data``) nothing can

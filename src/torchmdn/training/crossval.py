@@ -18,9 +18,9 @@ started with the components overlapping (all at the targets' median, different w
 ``initialize="overlapping"``) is cross-validated on the same folds and, when the pooled rows
 cannot tell the two starts apart, trained on every row and kept if it has fewer modes
 (:func:`overlapping_start`; the k-means start puts a component on a skewed tail from the
-first step). Last, every standard deviation of the fit kept is widened by the amount the
+first step). Last, every standard deviation of the fit kept is multiplied by the factor the
 folds' held-out rows scored best (each fold's ladder scores its heads widened too; for a
-one-column target with more than one mode per input, a larger amount with fewer modes when
+one-column target with more than one mode per input, a larger factor with fewer modes when
 the rows cannot tell: :func:`~torchmdn.training.widening.widen`). This costs about 8-16 small
 fits, on data sets where one fit takes seconds.
 

@@ -5,9 +5,9 @@ trained together (see :mod:`torchmdn.training.capacity`, which chooses among the
 head; when the training loop scores the validation rows each head's per-row values are
 recorded. The heads are evaluated together: their linear layers as one matrix product and
 their mixtures as one padded log-sum-exp, or, on the CPU, each head at its own size by one
-call of the compiled kernel (padding evaluates every head at the largest head's size). With ``widenings``, each head is
-also scored with its standard deviations widened by each of them (standardised units): what
-cross-validation chooses a widening from (:mod:`torchmdn.training.crossval`).
+call of the compiled kernel (padding evaluates every head at the largest head's size). With
+``widenings``, each head is also scored with its standard deviations multiplied by each of
+them: what cross-validation chooses a widening from (:mod:`torchmdn.training.widening`).
 :func:`train_ladder` trains one with :func:`torchmdn.fit` and keeps each head's best epoch
 (:class:`HeadBest`).
 """
@@ -60,9 +60,9 @@ class _Recorder:
 
 class Ladder(nn.Module):
     """Candidate MDNs sharing one backbone (and the normalisers): ``log_prob`` is the mean of
-    their log-likelihoods, so one training run fits every head. ``widenings``: amounts
-    (standardised units of y) by which the heads' standard deviations are also widened when
-    the validation rows are scored (recorded, not trained)."""
+    their log-likelihoods, so one training run fits every head. ``widenings``: factors by
+    which the heads' standard deviations are also multiplied when the validation rows are
+    scored (recorded, not trained)."""
 
     #: the capacity choice keeps each head's best state itself, from the recorded validation
     #: rows: the training loop neither copies the ladder's best state (every epoch the mean
@@ -180,13 +180,14 @@ class Ladder(nn.Module):
                 self.recorder.inputs = x[:SAMPLE_ROWS].detach().clone()
         return lps.mean(-1)
 
-    def head_log_probs(self, h: Tensor, z: Tensor, widen: float = 0.0) -> Tensor:
+    def head_log_probs(self, h: Tensor, z: Tensor, widen: float = 1.0) -> Tensor:
         """``log p(z | h)`` under every head at once, ``(rows, heads)``: the heads' linear
         layers as one matrix product and their mixtures as one padded log-sum-exp; on the
         CPU, each head by the compiled kernel instead (:meth:`each_head_log_prob`). Under
         autocast the linear layers run in its dtype and the mixtures, as for one head, in
-        float32 with autocast off. ``widen``: added to the heads' standard-deviation floor
-        (every standard deviation widened by it, standardised units)."""
+        float32 with autocast off. ``widen``: a factor on every standard deviation (the
+        means as they are): the mixture evaluated at ``z / widen`` with its means divided by
+        it, less ``d log(widen)``."""
         if h.device.type == "cpu" and kernel.available():
             return self.each_head_log_prob(h, z, widen)
         groups = self._groups()
@@ -205,17 +206,18 @@ class Ladder(nn.Module):
         """The mixtures of :meth:`head_log_probs` from each covariance kind's grouped outputs
         (``[all logits | all means | all scale parameters]``), padded to the largest head."""
         d = z.shape[-1]
-        floor = self.members[0].head.scale_floor + widen
+        floor = self.members[0].head.scale_floor
+        z = z / widen
         logits_all, comp_all = [], []
         for out, (kind, (_, heads)) in zip(outs, self._groups().items(), strict=True):
             n = sum(m.head.n_components for m in heads)
             logits, loc, raw = out.split([n, n * d, out.shape[-1] - n - n * d], dim=-1)
-            diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d))
+            diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d)) / widen
             if kind == "diagonal":
                 scale = F.softplus(raw.unflatten(-1, (n, d))) + floor
                 comp = -0.5 * (diff / scale).square().sum(-1) - scale.log().sum(-1)
             elif kind == "isotropic":
-                scale = F.softplus(raw) + heads[0].head.floor + widen
+                scale = F.softplus(raw) + heads[0].head.floor
                 comp = -0.5 * diff.square().sum(-1) / scale.square() - d * scale.log()
             else:
                 prec = unpack_precision(raw.unflatten(-1, (n, -1)), floor)
@@ -229,9 +231,9 @@ class Ladder(nn.Module):
         logits = logits.index_select(-1, pad).unflatten(-1, shape)
         comp = comp.index_select(-1, pad).unflatten(-1, shape)
         lp = torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1)
-        return lp - 0.5 * d * LOG_2PI
+        return lp - 0.5 * d * LOG_2PI - d * math.log(widen)
 
-    def each_head_log_prob(self, h: Tensor, z: Tensor, widen: float = 0.0) -> Tensor:
+    def each_head_log_prob(self, h: Tensor, z: Tensor, widen: float = 1.0) -> Tensor:
         """:meth:`head_log_probs` with each head's mixture evaluated at its own size by the
         compiled kernel, on its columns of the one matrix product, all heads one autograd node
         and one kernel call (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates
@@ -244,9 +246,10 @@ class Ladder(nn.Module):
         weight = torch.cat([hd.linear.weight for hd in heads])
         bias = torch.cat([hd.linear.bias for hd in heads])
         out, z = at_least_float32(F.linear(h, weight, bias), z)  # under autocast too
-        spec = [(HEAD_KINDS[hd.covariance_type], hd.n_components, hd.floor + widen)
-                for hd in heads]  # fmt: skip
-        return fused.heads_log_prob(out, spec, z)
+        spec = [(HEAD_KINDS[hd.covariance_type], hd.n_components, hd.floor) for hd in heads]
+        if widen != 1.0:
+            out, z = torch.where(_mean_columns(heads, out.device), out / widen, out), z / widen
+        return fused.heads_log_prob(out, spec, z) - z.shape[-1] * math.log(widen)
 
     def _groups(self) -> dict[str, tuple[Tensor, list[MDN]]]:
         """Members by covariance kind, each with the permutation that takes their stacked
@@ -296,13 +299,23 @@ class Ladder(nn.Module):
         return self._pad_cache
 
 
+def _mean_columns(heads: Sequence[MDNHead], device: torch.device) -> Tensor:
+    """Which columns of the heads' outputs side by side (each ``[logits | means | scale
+    parameters]``) are means."""
+    cols = []
+    for hd in heads:
+        n, col = hd.n_components, torch.arange(hd.linear.out_features, device=device)
+        cols.append((col >= n) & (col < n + n * hd.out_features))
+    return torch.cat(cols)
+
+
 @dataclass
 class HeadBest:
     """A candidate's best epoch in a ladder: its validation NLL, the epoch (0-based), its
     per-row validation NLLs, every head's at that epoch ``(rows, heads)``, (when kept) the
     ladder's state then (shared by the heads whose best epoch it is) and (when the ladder has
-    ``widenings``) every head's per-row NLLs then widened by each, ``(rows, heads,
-    widenings)``."""
+    ``widenings``) every head's per-row NLLs then with its standard deviations multiplied by
+    each, ``(rows, heads, widenings)``."""
 
     value: float = math.inf
     epoch: int = -1
