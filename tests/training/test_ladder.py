@@ -144,12 +144,13 @@ def test_widened_scores_are_the_heads_with_wider_standard_deviations(
             torch.testing.assert_close(got, torch.stack(want, -1), rtol=1e-9, atol=1e-9)
         ladder.eval()
         ladder.log_prob(x.double(), y)
-    rec = ladder.recorder
+    features = ladder.recorder.features
+    assert len(features) == 1 and features[0][1].shape == (60, d)
+    wide = ladder.widened_rows(features)
+    assert wide.shape == (60, len(ladder.members), 2) and wide.dtype == torch.float64
     first = ladder.members[0]
-    assert len(rec.widened) == len(ladder.members) and rec.widened[0][0].shape == (60, 2)
-    per_head = torch.cat(rec.widened[0])[:, 1].to(device)
-    want = -(ladder.head_log_probs(h, z, 2.0)[:, 0] - first.y_scale.log().sum())
-    torch.testing.assert_close(per_head, want)
+    want = -(ladder.head_log_probs(h, z, 2.0) - first.y_scale.log().sum())
+    torch.testing.assert_close(wide[..., 1].to(device), want.double())
 
 
 @pytest.mark.parametrize("padded", [False, True])

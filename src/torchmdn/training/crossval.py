@@ -156,7 +156,7 @@ def _fold_scores(
         for i, b in enumerate(best):
             missing = torch.full((len(held), len(WIDENINGS)), math.inf, dtype=torch.float64)
             per_row[i].append(b.rows if b.rows is not None else missing[:, 0])
-            widened[i].append(b.widened[:, i] if b.widened is not None else missing)
+            widened[i].append(b.widened if b.widened is not None else missing)
             epochs[i].append(b.epoch)
     pooled = [torch.cat(r) for r in per_row]
     return pooled, epochs, held_inputs, [torch.cat(r) for r in widened]

@@ -51,7 +51,7 @@ class _Recorder:
 
     def reset(self) -> None:
         self.rows: list[list[Tensor]] = [[] for _ in range(self.n_heads)]
-        self.widened: list[list[Tensor]] = [[] for _ in range(self.n_heads)]
+        self.features: list[tuple[Tensor, Tensor]] = []  # (h, z) per batch, with widenings
         self.source: Ladder | None = None
 
     def __deepcopy__(self, memo: dict) -> _Recorder:
@@ -170,24 +170,37 @@ class Ladder(nn.Module):
         if not self.training and not torch.is_grad_enabled():
             for i in range(len(self.members)):
                 self.recorder.rows[i].append(-lps[:, i].detach().double().cpu())
-            if self.widenings:  # (rows, heads, widenings)
-                wide = torch.stack([self.head_log_probs(h, z, w) for w in self.widenings], -1)
-                wide = -(wide - first.y_scale.log().sum()).double().cpu()
-                for i in range(len(self.members)):
-                    self.recorder.widened[i].append(wide[:, i])
+            if self.widenings:  # scored widened only at a head's best epoch (widened_rows)
+                self.recorder.features.append((h.detach(), z.detach()))
             self.recorder.source = self
             if self.recorder.inputs is None:
                 self.recorder.inputs = x[:SAMPLE_ROWS].detach().clone()
         return lps.mean(-1)
 
-    def head_log_probs(self, h: Tensor, z: Tensor, widen: float = 1.0) -> Tensor:
+    @torch.no_grad()
+    def widened_rows(self, features: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        """Every head's per-row NLLs of the recorded validation ``features`` (the backbone's
+        features and the standardised targets, per batch) with its standard deviations
+        multiplied by each of ``widenings``, ``(rows, heads, widenings)``."""
+        log_scale = self.members[0].y_scale.log().sum()
+        out = []
+        for h, z in features:  # every widening in one call: the rows repeated, one per block
+            k, rows = len(self.widenings), len(h)
+            dtype = torch.promote_types(z.dtype, torch.float32)
+            factors = torch.tensor(self.widenings, dtype=dtype, device=h.device)
+            lp = self.head_log_probs(h.repeat(k, 1), z.repeat(k, 1),
+                                     factors.repeat_interleave(rows)[:, None])  # fmt: skip
+            out.append(lp.unflatten(0, (k, rows)).permute(1, 2, 0))
+        return -(torch.cat(out) - log_scale).double().cpu()
+
+    def head_log_probs(self, h: Tensor, z: Tensor, widen: float | Tensor = 1.0) -> Tensor:
         """``log p(z | h)`` under every head at once, ``(rows, heads)``: the heads' linear
         layers as one matrix product and their mixtures as one padded log-sum-exp; on the
         CPU, each head by the compiled kernel instead (:meth:`each_head_log_prob`). Under
         autocast the linear layers run in its dtype and the mixtures, as for one head, in
         float32 with autocast off. ``widen``: a factor on every standard deviation (the
-        means as they are): the mixture evaluated at ``z / widen`` with its means divided by
-        it, less ``d log(widen)``."""
+        means as they are; or one per row, ``(rows, 1)``): the mixture evaluated at
+        ``z / widen`` with its means divided by it, less ``d log(widen)``."""
         if h.device.type == "cpu" and kernel.available():
             return self.each_head_log_prob(h, z, widen)
         groups = self._groups()
@@ -202,7 +215,7 @@ class Ladder(nn.Module):
                 return self._padded_log_probs(outs, z, widen)
         return self._padded_log_probs(outs, z, widen)
 
-    def _padded_log_probs(self, outs: list[Tensor], z: Tensor, widen: float) -> Tensor:
+    def _padded_log_probs(self, outs: list[Tensor], z: Tensor, widen: float | Tensor) -> Tensor:
         """The mixtures of :meth:`head_log_probs` from each covariance kind's grouped outputs
         (``[all logits | all means | all scale parameters]``), padded to the largest head."""
         d = z.shape[-1]
@@ -212,7 +225,7 @@ class Ladder(nn.Module):
         for out, (kind, (_, heads)) in zip(outs, self._groups().items(), strict=True):
             n = sum(m.head.n_components for m in heads)
             logits, loc, raw = out.split([n, n * d, out.shape[-1] - n - n * d], dim=-1)
-            diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d)) / widen
+            diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d)) / _per_component(widen)
             if kind == "diagonal":
                 scale = F.softplus(raw.unflatten(-1, (n, d))) + floor
                 comp = -0.5 * (diff / scale).square().sum(-1) - scale.log().sum(-1)
@@ -231,9 +244,9 @@ class Ladder(nn.Module):
         logits = logits.index_select(-1, pad).unflatten(-1, shape)
         comp = comp.index_select(-1, pad).unflatten(-1, shape)
         lp = torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1)
-        return lp - 0.5 * d * LOG_2PI - d * math.log(widen)
+        return lp - 0.5 * d * LOG_2PI - d * _log(widen)
 
-    def each_head_log_prob(self, h: Tensor, z: Tensor, widen: float = 1.0) -> Tensor:
+    def each_head_log_prob(self, h: Tensor, z: Tensor, widen: float | Tensor = 1.0) -> Tensor:
         """:meth:`head_log_probs` with each head's mixture evaluated at its own size by the
         compiled kernel, on its columns of the one matrix product, all heads one autograd node
         and one kernel call (:func:`torchmdn.ops.fused.heads_log_prob`). Padding evaluates
@@ -247,9 +260,9 @@ class Ladder(nn.Module):
         bias = torch.cat([hd.linear.bias for hd in heads])
         out, z = at_least_float32(F.linear(h, weight, bias), z)  # under autocast too
         spec = [(HEAD_KINDS[hd.covariance_type], hd.n_components, hd.floor) for hd in heads]
-        if widen != 1.0:
+        if isinstance(widen, Tensor) or widen != 1.0:
             out, z = torch.where(_mean_columns(heads, out.device), out / widen, out), z / widen
-        return fused.heads_log_prob(out, spec, z) - z.shape[-1] * math.log(widen)
+        return fused.heads_log_prob(out, spec, z) - z.shape[-1] * _log(widen)
 
     def _groups(self) -> dict[str, tuple[Tensor, list[MDN]]]:
         """Members by covariance kind, each with the permutation that takes their stacked
@@ -299,6 +312,17 @@ class Ladder(nn.Module):
         return self._pad_cache
 
 
+def _per_component(widen: float | Tensor) -> float | Tensor:
+    """A widening factor (or one per row, ``(rows, 1)``) that broadcasts against
+    ``(rows, n, d)``."""
+    return widen.unsqueeze(-1) if isinstance(widen, Tensor) else widen
+
+
+def _log(widen: float | Tensor) -> float | Tensor:
+    """``log(widen)`` (per row for a tensor ``(rows, 1)``: against ``(rows, heads)``)."""
+    return widen.log() if isinstance(widen, Tensor) else math.log(widen)
+
+
 def _mean_columns(heads: Sequence[MDNHead], device: torch.device) -> Tensor:
     """Which columns of the heads' outputs side by side (each ``[logits | means | scale
     parameters]``) are means."""
@@ -314,8 +338,8 @@ class HeadBest:
     """A candidate's best epoch in a ladder: its validation NLL, the epoch (0-based), its
     per-row validation NLLs, every head's at that epoch ``(rows, heads)``, (when kept) the
     ladder's state then (shared by the heads whose best epoch it is) and (when the ladder has
-    ``widenings``) every head's per-row NLLs then with its standard deviations multiplied by
-    each, ``(rows, heads, widenings)``."""
+    ``widenings``) its per-row NLLs then with its standard deviations multiplied by each,
+    ``(rows, widenings)``."""
 
     value: float = math.inf
     epoch: int = -1
@@ -353,14 +377,17 @@ def train_ladder(
         if rec.source is not None and rec.rows[0]:
             all_rows = torch.stack([torch.cat(r) for r in rec.rows], -1)
             state: dict[str, Tensor] | None = None  # copied once for the heads that improved
-            wide = torch.stack([torch.cat(r) for r in rec.widened], 1) if rec.widened[0] else None
+            wide: Tensor | None = None  # scored widened once, likewise
             for i in range(len(pairs)):
                 value = float(all_rows[:, i].mean())
                 if value >= best[i].value:
                     continue
                 if keep_states and state is None:
                     state = snapshot(rec.source)
-                best[i] = HeadBest(value, epoch, all_rows[:, i], all_rows, state, wide)
+                if rec.features and wide is None:
+                    wide = rec.source.widened_rows(rec.features)
+                own = None if wide is None else wide[:, i]
+                best[i] = HeadBest(value, epoch, all_rows[:, i], all_rows, state, own)
         rec.reset()
         return user_callback(epoch, history) if user_callback is not None else None
 
