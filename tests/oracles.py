@@ -1,5 +1,5 @@
 """Shared test mixtures and SciPy oracles for the query tests (test_queries, test_hdr,
-test_modes)."""
+test_modes), and a model head set by hand for the small-data steps' tests."""
 
 import math
 
@@ -12,7 +12,7 @@ except ImportError:  # a bare image: the property tests (mixtures_1d's users) ar
     st = None
 from scipy import stats
 
-from torchmdn import GaussianMixture
+from torchmdn import MDN, GaussianMixture
 
 F64 = torch.float64
 KINDS = ("diagonal", "isotropic", "full")
@@ -72,3 +72,13 @@ if st is not None:
         loc = base * 3 * torch.randn(*batch, n, 1, generator=g, dtype=F64)
         logits = torch.randn(*batch, n, generator=g, dtype=F64)
         return GaussianMixture(logits, loc, scale=scale)
+
+
+def with_components(model, locs, scale=0.2):
+    """Give the one-column ``model`` a fresh head with components at ``locs`` (standardised
+    units), standard deviation ``scale`` and equal weights, whatever the input."""
+    fresh = MDN(1, 1, hidden=(8,), n_components=len(locs)).double()
+    model.head = fresh.head.to(model.x_loc.device)
+    with torch.no_grad():
+        for k, loc in enumerate(locs):
+            model.head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)

@@ -4,6 +4,7 @@ modes the rows do not need."""
 import pytest
 import torch
 
+from oracles import with_components
 from torchmdn import MDN
 from torchmdn.training.average import mean_modes
 from torchmdn.training.capacity import candidates
@@ -33,16 +34,6 @@ def test_simplest_takes_the_simplest_within_half_a_standard_error():
     assert idx == 0 and reason == f"1 diagonal component(s) had the lowest validation NLL ({mean:.4f})"
 
 
-def _with_components(model, locs, scale=0.2):
-    """Give ``model`` a fresh head with components at ``locs`` (standardised units), equal
-    weights, whatever the input."""
-    fresh = MDN(1, 1, hidden=(8,), n_components=len(locs)).double()
-    model.head = fresh.head.to(model.x_loc.device)
-    with torch.no_grad():
-        for k, loc in enumerate(locs):
-            model.head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
-
-
 @pytest.mark.parametrize("case", ["simpler", "no fewer modes", "rows need them"])
 def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(case, device):
     """The chosen size (3 components, 2 modes) gives way to 2 (one mode) when the pooled rows
@@ -59,7 +50,7 @@ def test_after_cross_validation_a_simpler_size_replaces_one_that_invents_modes(c
 
     def train(i):
         calls.append(i)
-        _with_components(model, layouts[i])
+        with_components(model, layouts[i])
         return History(), 10 + i
 
     g = torch.Generator().manual_seed(0)
@@ -92,7 +83,7 @@ def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_m
     model = MDN(1, 1, hidden=(8,)).double().to(device)
     x = torch.linspace(-1, 1, 40, dtype=torch.float64, device=device)[:, None]
     model.standardize(x, x)
-    _with_components(model, [0.0, 0.1] if case == "one mode" else [-4.0, 4.0])
+    with_components(model, [0.0, 0.1] if case == "one mode" else [-4.0, 4.0])
     chosen_state = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     pooled = torch.rand(40, generator=g, dtype=torch.float64)
@@ -106,7 +97,7 @@ def test_after_cross_validation_an_overlapping_start_replaces_one_that_invents_m
 
     def train(stops):
         calls.append(sorted(stops))
-        _with_components(model, [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1])
+        with_components(model, [-4.0, 4.0] if case == "no fewer modes" else [0.1, -0.1])
         return History(), 8
 
     found = mean_modes(model, x)

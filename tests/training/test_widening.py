@@ -6,18 +6,9 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+from oracles import with_components
 from torchmdn import MDN, fit, load, save
 from torchmdn.training.widening import WIDENINGS, widen, widened
-
-
-def _components(model, locs, scale=0.2):
-    """Give ``model`` a fresh head with components at ``locs`` (standardised units), equal
-    weights, whatever the input."""
-    fresh = MDN(1, 1, hidden=(8,), n_components=len(locs)).double()
-    model.head = fresh.head.to(model.x_loc.device)
-    with torch.no_grad():
-        for k, loc in enumerate(locs):
-            model.head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
 
 
 def _oracle(gm, factor, y):
@@ -57,7 +48,7 @@ def test_the_fit_is_widened_by_the_factor_the_folds_scored_best(best, device):
     model = MDN(1, 1, hidden=(8,)).double().to(device)
     x = torch.linspace(-1, 1, 40, dtype=torch.float64, device=device)[:, None]
     model.standardize(x, 3 * x + 1)
-    _components(model, [-1.0, 0.5])
+    with_components(model, [-1.0, 0.5])
     y = torch.linspace(-3, 5, 40, dtype=torch.float64, device=device)[:, None]
     with torch.no_grad():
         before = model(x)
@@ -85,7 +76,7 @@ def test_a_larger_factor_is_taken_when_it_has_fewer_modes_and_the_rows_cannot_te
     model = MDN(1, 1, hidden=(8,)).double().to(device)
     x = torch.linspace(-1, 1, 40, dtype=torch.float64, device=device)[:, None]
     model.standardize(x, x)
-    _components(model, [-0.28, 0.28])
+    with_components(model, [-0.28, 0.28])
     g = torch.Generator().manual_seed(0)
     own = 0.1 * torch.randn(200, 1 + len(WIDENINGS), generator=g, dtype=torch.float64)
     table = 1.0 + torch.randn(200, 1, generator=g, dtype=torch.float64) + own - own.mean(0)
