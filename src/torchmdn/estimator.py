@@ -71,7 +71,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
             likelihood over 1, 2, 3, 5, 12 and 20 components (and 32 for a multi-column
             y) trained together on one backbone; the candidates within two paired standard
             errors of the best are averaged into one mixture (under 250 rows, the simplest
-            within half of one, by cross-validation; :mod:`torchmdn.training.capacity`);
+            within half of one, by cross-validation, its standard deviations then widened
+            by the factor the folds choose; :mod:`torchmdn.training.capacity`);
             ``n_components_`` says how many components in all. An integer fixes the number
             of Gaussian components.
         covariance_type: ``"auto"`` (default): with ``n_components="auto"`` and a
