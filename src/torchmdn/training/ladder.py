@@ -220,12 +220,15 @@ class Ladder(nn.Module):
         (``[all logits | all means | all scale parameters]``), padded to the largest head."""
         d = z.shape[-1]
         floor = self.members[0].head.scale_floor
-        z = z / widen
+        wide = _widens(widen)
+        if wide:
+            z = z / widen
         logits_all, comp_all = [], []
         for out, (kind, (_, heads)) in zip(outs, self._groups().items(), strict=True):
             n = sum(m.head.n_components for m in heads)
             logits, loc, raw = out.split([n, n * d, out.shape[-1] - n - n * d], dim=-1)
-            diff = z.unsqueeze(-2) - loc.unflatten(-1, (n, d)) / _per_component(widen)
+            loc = loc.unflatten(-1, (n, d))
+            diff = z.unsqueeze(-2) - (loc / _per_component(widen) if wide else loc)
             if kind == "diagonal":
                 scale = F.softplus(raw.unflatten(-1, (n, d))) + floor
                 comp = -0.5 * (diff / scale).square().sum(-1) - scale.log().sum(-1)
@@ -243,8 +246,8 @@ class Ladder(nn.Module):
         pad, shape = self._padding()
         logits = logits.index_select(-1, pad).unflatten(-1, shape)
         comp = comp.index_select(-1, pad).unflatten(-1, shape)
-        lp = torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1)
-        return lp - 0.5 * d * LOG_2PI - d * _log(widen)
+        lp = torch.logsumexp(torch.log_softmax(logits, -1) + comp, -1) - 0.5 * d * LOG_2PI
+        return lp - d * _log(widen) if wide else lp
 
     def each_head_log_prob(self, h: Tensor, z: Tensor, widen: float | Tensor = 1.0) -> Tensor:
         """:meth:`head_log_probs` with each head's mixture evaluated at its own size by the
@@ -260,8 +263,9 @@ class Ladder(nn.Module):
         bias = torch.cat([hd.linear.bias for hd in heads])
         out, z = at_least_float32(F.linear(h, weight, bias), z)  # under autocast too
         spec = [(HEAD_KINDS[hd.covariance_type], hd.n_components, hd.floor) for hd in heads]
-        if isinstance(widen, Tensor) or widen != 1.0:
-            out, z = torch.where(_mean_columns(heads, out.device), out / widen, out), z / widen
+        if not _widens(widen):  # (training: the hot path, as it was)
+            return fused.heads_log_prob(out, spec, z)
+        out, z = torch.where(_mean_columns(heads, out.device), out / widen, out), z / widen
         return fused.heads_log_prob(out, spec, z) - z.shape[-1] * _log(widen)
 
     def _groups(self) -> dict[str, tuple[Tensor, list[MDN]]]:
@@ -310,6 +314,11 @@ class Ladder(nn.Module):
         pad = torch.tensor([j for row in flat for j in row], device=device)
         self._pad_cache = (pad, (len(self.members), n_max))
         return self._pad_cache
+
+
+def _widens(widen: float | Tensor) -> bool:
+    """Whether ``widen`` changes anything (a factor other than 1, or one per row)."""
+    return isinstance(widen, Tensor) or widen != 1.0
 
 
 def _per_component(widen: float | Tensor) -> float | Tensor:
