@@ -153,8 +153,8 @@ def _fold_scores(
         )
         if inputs is not None:
             held_inputs.append(inputs)
+        missing = torch.full((len(held), len(WIDENINGS)), math.inf, dtype=torch.float64)
         for i, b in enumerate(best):
-            missing = torch.full((len(held), len(WIDENINGS)), math.inf, dtype=torch.float64)
             per_row[i].append(b.rows if b.rows is not None else missing[:, 0])
             widened[i].append(b.widened if b.widened is not None else missing)
             epochs[i].append(b.epoch)
@@ -197,13 +197,13 @@ def cross_validate(
         return train_fixed(model, *pairs[i], x, y, fit, final), stop_after
 
     trained = train_final(idx)
+    sample, new_scores = None, None  # (the mode steps' inputs; the folds' scores of a new fit)
     if model.out_features == 1 and held_inputs:
         sample = torch.cat(held_inputs)
         idx, trained, note, found = fewer_modes(
             model, sample, pooled, pairs, idx, lambda i: train_final(i, trial=True), trained
         )
         reason += note
-        scores = pooled[idx], widened[idx]
         if kwargs.get("initialize", True) in (True, "clusters") and pairs[idx][0] > 1:
 
             def score() -> tuple[Tensor, list[int], Tensor]:
@@ -213,16 +213,13 @@ def cross_validate(
                 )
                 return rows[0], stops[0], wide[0]
 
-            trained, note, kept = overlapping_start(
+            trained, note, new_scores = overlapping_start(
                 model, sample, found, pooled[idx], score,
                 lambda stops: train_final(idx, trial=True, start="overlapping", stops=stops),
                 trained,
             )  # fmt: skip
             reason += note
-            scores = kept or scores
-        reason += widen(model, *scores, sample)
-    else:
-        reason += widen(model, pooled[idx], widened[idx])
+    reason += widen(model, *(new_scores or (pooled[idx], widened[idx])), sample)
     history, stop_after = trained
     reason = (f"{CV_FOLDS}-fold cross-validation over {len(x)} rows: {reason}; trained on every "
               f"row for {stop_after} epochs (the folds' median best epoch)")  # fmt: skip
