@@ -2,6 +2,7 @@
 average of those heads, the epoch it is taken at, and the check against invented modes."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -87,11 +88,11 @@ def test_heads_that_bring_modes_are_left_out():
     rows = torch.zeros(5, len(pairs), dtype=torch.float64)
     best = [HeadBest(float(i), 0, rows[:, i], rows, state) for i in range(len(pairs))]
     records = [{"kept": True} for _ in pairs]
-    kept, reason = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
-    assert kept == [0, 1] and not records[2]["kept"] and records[1]["kept"]
+    kept, reason, extra = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
+    assert kept == [0, 1] and not records[2]["kept"] and records[1]["kept"] and extra == 0
     assert reason.startswith("start; then 3 left out") and "more modes per input" in reason
-    kept, reason = without_new_modes(model, best, [0, 1], pairs, x[:8], records, "start")
-    assert kept == [0, 1] and reason == "start"
+    kept, reason, extra = without_new_modes(model, best, [0, 1], pairs, x[:8], records, "start")
+    assert kept == [0, 1] and reason == "start" and extra == 0
 
 
 @pytest.mark.parametrize("best_head", [0, 2])
@@ -103,8 +104,8 @@ def test_modes_are_checked_against_the_simplest_kept_head(best_head):
     values = [0.0 if i == best_head else 1.0 for i in range(len(pairs))]
     best = [HeadBest(values[i], 0, rows[:, i], rows, state) for i in range(len(pairs))]
     records = [{"kept": True} for _ in pairs]
-    kept, reason = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
-    assert kept == [0, 1] and not records[2]["kept"]
+    kept, reason, extra = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
+    assert kept == [0, 1] and not records[2]["kept"] and extra == 0
     assert "than the simplest kept head" in reason
 
 
@@ -116,8 +117,11 @@ def test_modes_the_validation_rows_need_are_kept():
     rows[:, 2] -= 3.0  # the three-component head fits every validation row far better
     best = [HeadBest(float(rows[:, i].mean()), 0, rows[:, i], rows, state) for i in range(len(pairs))]
     records = [{"kept": True} for _ in pairs]
-    kept, reason = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
+    kept, reason, extra = without_new_modes(model, best, [0, 1, 2], pairs, x[:8], records, "start")
     assert kept == [0, 1, 2] and records[2]["kept"]
+    # the modes kept beyond the simplest head's, counted over the eight inputs
+    found, allowed = map(float, re.search(r"\(([\d.]+) per input against ([\d.]+)\)", reason).groups())
+    assert extra == round(8 * (found - allowed)) and extra >= 8
     rise = float((average_rows(rows, [0, 1]) - average_rows(rows, [0, 1, 2])).mean())
     assert rise > 1 and f"validation NLL rose by {rise:.4f}" in reason
     assert f"more than {MODE_GUARD_SE:g} paired standard error" in reason

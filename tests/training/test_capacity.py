@@ -8,10 +8,13 @@ import torch
 
 import torchmdn
 from torchmdn import MDN, fit
+from torchmdn.training import capacity
 from torchmdn.training.capacity import (
     FULL_ONLY_UP_TO,
     LADDER,
     LADDER_EXTRA,
+    MODE_CHECK_EXTRA,
+    MODE_CHECK_ROWS,
     candidates,
     choose,
 )
@@ -245,3 +248,38 @@ def test_tiny_data_does_not_chase_two_validation_rows():
     assert "cross-validation over 20 rows" in h.capacity["reason"]
     assert h.capacity["chosen"]["averaged"] == [model.n_components]  # one size, not averaged
     assert model.n_components <= 2, h.capacity
+
+
+@pytest.mark.parametrize(
+    "extra_rows, extra_modes, checked",
+    [(-10, MODE_CHECK_EXTRA, True), (0, MODE_CHECK_EXTRA, False), (-10, MODE_CHECK_EXTRA - 1, False)],
+)
+def test_modes_kept_on_few_validation_rows_are_cross_validated(
+    monkeypatch, extra_rows, extra_modes, checked
+):
+    """When the validation split keeps MODE_CHECK_EXTRA modes or more in the average beyond
+    its simplest head's, on fewer than MODE_CHECK_ROWS validation rows, the choice is made
+    again by cross-validation over every row; with that many rows or more, or fewer extra
+    modes, the split's choice stands."""
+    real = capacity.without_new_modes
+    calls = []
+
+    def doubting(*args):
+        kept, reason, _ = real(*args)
+        calls.append(reason)
+        return kept, reason, extra_modes  # as if the rows had kept that many modes
+
+    monkeypatch.setattr(capacity, "without_new_modes", doubting)
+    n = 10 * MODE_CHECK_ROWS + extra_rows  # validation rows at the default 10%
+    x, y = _bimodal(n)
+    model = _model()
+    h = fit(model, x, y, max_epochs=4, random_state=0, progress=False)
+    assert calls, "the split kept one head: the mode check never ran"
+    reason = h.capacity["reason"]
+    assert reason.startswith(f"the validation split chose {calls[0]}") is checked
+    assert (f"5-fold cross-validation over {n} rows" in reason) is checked
+    assert model.n_components == h.capacity["chosen"]["n_components"]
+    if checked:  # one size trained on every row
+        assert h.capacity["chosen"]["averaged"] == [model.n_components] and not h.val_nll
+    with torch.no_grad():
+        assert torch.isfinite(model.log_prob(x, y)).all()

@@ -64,19 +64,21 @@ MODE_GUARD_SE = 1.0
 def without_new_modes(
     model: MDN, best: Sequence[HeadBest], kept: list[int], pairs: Sequence[tuple[int, str]],
     x: Tensor, records: list[dict[str, Any]], reason: str,
-) -> tuple[list[int], str]:
+) -> tuple[list[int], str, int]:
     """The kept heads less the largest ones while their average has more modes per input, on
     the validation inputs ``x``, than the simplest kept head alone, and leaving the next one
     out costs at most :data:`MODE_GUARD_SE` paired standard errors of validation NLL. An
     average of densities can have bumps that none of them has, and a large head that
     over-fits a few rows brings its spikes in; the best head on a few dozen rows is often
-    such a head. Updates ``records``."""
+    such a head. Updates ``records``. Returns the heads kept, the reason and how many more
+    modes than the simplest kept head the average still has over the inputs ``x`` (kept
+    because the validation rows said they need them; 0 when none)."""
     simplest = min(kept, key=lambda i: pairs[i][0])
     trial = copy.deepcopy(model)
     install(trial, best[simplest].state, [simplest], pairs)  # type: ignore[arg-type]
     allowed = mean_modes(trial, x)
     dropped: list[int] = []
-    needed = ""
+    needed, extra = "", 0
     at = best_epoch(best, kept)
     while len(kept) > 1:
         install(trial, at.state, kept, pairs)  # type: ignore[arg-type]
@@ -94,6 +96,7 @@ def without_new_modes(
                       f"{allowed:.2f}): without {pairs[largest][0]} components the validation "
                       f"NLL rose by {float(diff.mean()):.4f}, more than {MODE_GUARD_SE:g} "
                       f"paired standard error(s) ({se:.4f})")  # fmt: skip
+            extra = round((found - allowed) * len(x))
             break
         kept, at = rest, at_rest
         dropped.append(largest)
@@ -104,7 +107,7 @@ def without_new_modes(
                    "them the average had more modes per input than the simplest kept head "
                    f"alone, {allowed:.2f} on {len(x)} validation inputs, and the validation "
                    f"rows did not need them): {sizes}")  # fmt: skip
-    return kept, reason + needed
+    return kept, reason + needed, extra
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Small data: an MDN's capacity chosen by cross-validation (the part of
-:func:`torchmdn.training.capacity.select_capacity` for a few hundred rows or fewer).
+:func:`torchmdn.training.capacity.select_capacity` for a few hundred rows or fewer; also
+under 400 rows when one validation split's choice kept modes on the word of its few rows).
 
 When the validation split would hold fewer than :data:`MIN_VALIDATION_ROWS` (25) rows (under
 250 rows at the default 10%), one split's standard error is not an estimate (on 2 rows
@@ -110,14 +111,16 @@ MIN_VALIDATION_ROWS = 25
 CV_FOLDS = 5
 
 
-def folds(x: Any, kwargs: dict[str, Any]) -> list[Tensor] | None:
+def folds(
+    x: Any, kwargs: dict[str, Any], below: int = MIN_VALIDATION_ROWS
+) -> list[Tensor] | None:
     """The cross-validation folds (row indices) when the validation split would hold fewer
-    than :data:`MIN_VALIDATION_ROWS` rows (and the data allow it), else ``None``."""
+    than ``below`` rows (and the data allow it), else ``None``."""
     n = len(x)
     if kwargs.get("validation_data") is not None:
         return None
     held = validation_rows(n, float(kwargs["validation_fraction"]))
-    if held >= MIN_VALIDATION_ROWS or n < 2 * CV_FOLDS:
+    if held >= below or n < 2 * CV_FOLDS:
         return None
     g = torch.Generator().manual_seed(int(kwargs["random_state"]))
     return list(torch.randperm(n, generator=g).tensor_split(CV_FOLDS))
@@ -164,12 +167,13 @@ def _fold_scores(
 
 def cross_validate(
     model: MDN, x: Any, y: Any, fit: Callable[..., History], kwargs: dict[str, Any],
-    pairs: list[tuple[int, str]], folds: list[Tensor],
+    pairs: list[tuple[int, str]], folds: list[Tensor], because: str = "",
 ) -> History:
     """Choose with :data:`CV_FOLDS`-fold cross-validation (each fold's rows scored by a ladder
     trained on the others: every row is a validation row once), then train the chosen size
     on every row for the folds' median best epoch count (no rows held out: the folds have
-    already said when to stop, on five times as many validation rows as one split holds)."""
+    already said when to stop, on five times as many validation rows as one split holds).
+    ``because``: what a validation split chose before, when its choice is being checked."""
     pooled, epochs, held_inputs, widened = _fold_scores(model, x, y, fit, kwargs, pairs, folds)
     idx, records, reason = simplest(pooled, pairs)
     user_callback = kwargs.get("callback")
@@ -223,6 +227,9 @@ def cross_validate(
     history, stop_after = trained
     reason = (f"{CV_FOLDS}-fold cross-validation over {len(x)} rows: {reason}; trained on every "
               f"row for {stop_after} epochs (the folds' median best epoch)")  # fmt: skip
+    if because:
+        reason = (f"the validation split chose {because}; modes kept on so few rows were "
+                  f"checked: {reason}")  # fmt: skip
     return history.record_capacity(records, [pairs[idx]], reason)
 
 
