@@ -202,3 +202,27 @@ def test_switching_modes_reaches_every_module_and_respects_custom_train():
     other.members[0].head.add_module("custom", Custom())
     other.eval()
     assert calls == [False] and not any(m.training for m in other.modules())
+
+
+def test_the_loop_skips_component_tracking_for_the_ladder(monkeypatch):
+    """The loop does not track the ladder's components every epoch (its ``head`` is one
+    candidate's, not the model installed); the trajectory is the same as with tracking, and
+    re-seeding dead components still tracks them."""
+    x, y = _curve(120, 1, "cpu")
+
+    def trained(tracks, **kw):
+        monkeypatch.setattr(Ladder, "tracks_components", tracks)
+        ladder = Ladder(_model(), candidates(_model()), seed=0)
+        h = fit(ladder, x, y, max_epochs=6, random_state=0, progress=False, **kw)
+        return ladder, h
+
+    skipped, h = trained(False)
+    assert h.effective_components == [] and h.epochs == 6
+    tracked, h_tracked = trained(True)
+    assert len(h_tracked.effective_components) == 6
+    want = tracked.state_dict()
+    for name, a in skipped.state_dict().items():
+        torch.testing.assert_close(a, want[name], rtol=0, atol=0, msg=name)
+    assert h.val_nll == h_tracked.val_nll
+    _, h = trained(False, reseed_dead=True)
+    assert len(h.effective_components) == 6

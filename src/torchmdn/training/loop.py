@@ -119,6 +119,9 @@ class Run:
         self.seed, self.fingerprint = seed, fingerprint
         self.device = params[0].device
         self.head = model.head if isinstance(model, TrainableMixture) else None
+        # a model may opt out of the per-epoch component tracking (the capacity ladder: its
+        # ``head`` is one candidate's, not the model that will be installed)
+        self.tracks_components = getattr(model, "tracks_components", True)
         self.x_val, self.y_val = validation
         self.x_fit, self.y_fit = data.sample
         # torch's fused AdamW (one kernel per step; on the CPU torch would otherwise loop over
@@ -457,7 +460,7 @@ class Run:
         sub = torch.randperm(len(self.x_fit), generator=self.gen, device=self.gen.device)[:512]
         sub = sub.to(self.x_fit.device)
         x_sub, y_sub = self.x_fit[sub], self.y_fit[sub]
-        if head is None:
+        if head is None or not (self.tracks_components or s.reseed_dead):
             return
         self.model.eval()
         shares = responsibilities(self.model, x_sub, y_sub)
