@@ -13,6 +13,7 @@ from torchmdn.training.average import (
     average_nll,
     average_rows,
     best_epoch,
+    cannot_tell,
     install,
     without_new_modes,
 )
@@ -125,3 +126,17 @@ def test_modes_the_validation_rows_need_are_kept():
     rise = float((average_rows(rows, [0, 1]) - average_rows(rows, [0, 1, 2])).mean())
     assert rise > 1 and f"validation NLL rose by {rise:.4f}" in reason
     assert f"more than {MODE_GUARD_SE:g} paired standard error" in reason
+
+
+def test_cannot_tell_compares_the_mean_difference_with_its_standard_error():
+    """The mode steps' test: within MODE_GUARD_SE paired standard errors (the rows cannot
+    tell the fits apart), else not; non-finite rows left out; never on fewer than two."""
+    noisy = torch.tensor([1.0, -1.0, 1.2, -0.8], dtype=torch.float64)  # mean 0.1, se 0.55
+    same, mean, se = cannot_tell(noisy)
+    assert same and mean == pytest.approx(0.1) and se == pytest.approx(float(noisy.std()) / 2)
+    worse = torch.tensor([1.0, 1.1, 0.9, 1.0], dtype=torch.float64)  # mean 1, se 0.04
+    assert not cannot_tell(worse)[0]
+    assert cannot_tell(worse - 1.0)[0]  # the same rows, no mean difference
+    with_inf = torch.cat([noisy, torch.tensor([math.inf, math.nan], dtype=torch.float64)])
+    assert cannot_tell(with_inf) == cannot_tell(noisy)
+    assert cannot_tell(torch.tensor([0.0, math.inf], dtype=torch.float64))[0] is False

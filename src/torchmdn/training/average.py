@@ -16,8 +16,8 @@ from ..nn.mdn import MDN, MDNHead
 from .ladder import HeadBest
 
 __all__ = [
-    "MODE_GUARD_SE", "average_nll", "average_rows", "best_epoch", "install", "mean_modes",
-    "paired_se", "without_new_modes",
+    "MODE_GUARD_SE", "average_nll", "average_rows", "best_epoch", "cannot_tell", "install",
+    "mean_modes", "paired_se", "without_new_modes",
 ]
 
 
@@ -61,6 +61,18 @@ def mean_modes(model: MDN, x: Tensor) -> float:
 MODE_GUARD_SE = 1.0
 
 
+def cannot_tell(diff: Tensor) -> tuple[bool, float, float]:
+    """The mode steps' test of whether the rows need the better fit: ``diff``, each row's NLL
+    under the simpler (or fewer-moded) fit minus under the other; non-finite rows left out.
+    Returns whether its mean is at most :data:`MODE_GUARD_SE` paired standard errors (never
+    on fewer than two rows), the mean and the standard error."""
+    diff = diff[torch.isfinite(diff)]
+    if len(diff) < 2:
+        return False, math.inf, math.inf
+    mean, se = float(diff.mean()), paired_se(diff)
+    return mean <= MODE_GUARD_SE * se, mean, se
+
+
 def without_new_modes(
     model: MDN, best: Sequence[HeadBest], kept: list[int], pairs: Sequence[tuple[int, str]],
     x: Tensor, records: list[dict[str, Any]], reason: str,
@@ -90,11 +102,11 @@ def without_new_modes(
         at_rest = best_epoch(best, rest)  # where the average without it is taken
         with_it = average_rows(at.all_rows, kept)  # type: ignore[arg-type]
         diff = average_rows(at_rest.all_rows, rest) - with_it  # type: ignore[arg-type]
-        se = paired_se(diff)
-        if float(diff.mean()) > MODE_GUARD_SE * se:
+        same, rise, se = cannot_tell(diff)
+        if not same:
             needed = (f"; the rest of the modes kept ({found:.2f} per input against "
                       f"{allowed:.2f}): without {pairs[largest][0]} components the validation "
-                      f"NLL rose by {float(diff.mean()):.4f}, more than {MODE_GUARD_SE:g} "
+                      f"NLL rose by {rise:.4f}, more than {MODE_GUARD_SE:g} "
                       f"paired standard error(s) ({se:.4f})")  # fmt: skip
             extra = round((found - allowed) * len(x))
             break

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..nn.mdn import MDN
-from .average import MODE_GUARD_SE, mean_modes, paired_se
+from .average import MODE_GUARD_SE, cannot_tell, mean_modes, paired_se
 from .history import History
 from .ladder import train_ladder
 from .length import plan, validation_rows
@@ -255,10 +255,8 @@ def overlapping_start(
     if found <= 1:
         return trained, "", None
     rows, stops, wide = score()
-    diff = rows - pooled
-    diff = diff[torch.isfinite(diff)]
-    worse = float(diff.mean()) if len(diff) else math.inf
-    if not (len(diff) > 1 and worse <= MODE_GUARD_SE * paired_se(diff)):
+    same, worse, _ = cannot_tell(rows - pooled)
+    if not same:
         return trained, (f"; {found:.2f} modes per training input; started overlapping, "
                          f"{worse:+.4f} per row on the folds: not tried"), None  # fmt: skip
     trained, now = _keep_if_fewer_modes(model, x, found, trained, partial(train, stops))
@@ -305,10 +303,7 @@ def fewer_modes(
     chosen, note = idx, ""
     found = mean_modes(model, x)
     while idx > 0 and found > 1:
-        diff = pooled[idx - 1] - pooled[chosen]
-        diff = diff[torch.isfinite(diff)]
-        se = paired_se(diff)
-        if not float(diff.mean()) <= MODE_GUARD_SE * se:
+        if not cannot_tell(pooled[idx - 1] - pooled[chosen])[0]:
             break
         trained, now = _keep_if_fewer_modes(model, x, found, trained, partial(train, idx - 1))
         if now >= found:  # no fewer modes: the one before was restored

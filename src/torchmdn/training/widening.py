@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..nn.mdn import MDN
-from .average import MODE_GUARD_SE, mean_modes, paired_se
+from .average import MODE_GUARD_SE, cannot_tell, mean_modes
 
 __all__ = ["WIDENINGS", "widen", "widened"]
 
@@ -72,8 +72,7 @@ def widen(model: MDN, rows: Tensor, scores: Tensor, x: Tensor | None = None) -> 
         for i in range(best + 1, len(factors)):
             if found <= 1:
                 break
-            diff = table[:, i] - table[:, best]
-            if not float(diff.mean()) <= MODE_GUARD_SE * paired_se(diff):
+            if not cannot_tell(table[:, i] - table[:, best])[0]:
                 break
             now = modes(i)
             if now < found:
