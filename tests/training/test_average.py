@@ -64,28 +64,34 @@ def test_average_nll_and_the_epoch_it_is_taken_at():
 
 
 def _set_components(ladder, i, locs, scale):
-    """Member ``i``'s head: components at ``locs`` with ``scale``, equal weights, for any x."""
+    """Member ``i``'s head: components at ``locs`` (along the first target column) with
+    ``scale`` in every column, equal weights, for any x."""
     head = ladder.members[i].head
+    d = head.out_features
     with torch.no_grad():
         head.linear.weight.zero_()
         head.linear.bias.zero_()
         for k, loc in enumerate(locs):
-            head.set_component(k, torch.tensor([loc]).double(), torch.tensor([scale]).double(), 0.0)
+            at = torch.zeros(d, dtype=torch.float64)
+            at[0] = loc
+            head.set_component(k, at, torch.full((d,), scale, dtype=torch.float64), 0.0)
 
 
-def _three_heads():
+def _three_heads(d=1):
     """One component, two nearly on top of each other (unimodal) and three narrow, far apart."""
-    model, pairs, ladder, x, _ = _ladder(1)
+    model, pairs, ladder, x, _ = _ladder(d)
     _set_components(ladder, 0, [0.0], 1.0)
     _set_components(ladder, 1, [0.1, -0.1], 1.0)
     _set_components(ladder, 2, [-4.0, 0.0, 4.0], 0.2)
     return model, pairs, ladder.state_dict(), x
 
 
-def test_heads_that_bring_modes_are_left_out():
+@pytest.mark.parametrize("d", [1, 2])
+def test_heads_that_bring_modes_are_left_out(d):
     """A narrow, spread-out large head averaged with a unimodal best head adds modes: it is
-    left out (and its record says so); a head that agrees with the best is kept."""
-    model, pairs, state, x = _three_heads()  # the one-component head scores best
+    left out (and its record says so); a head that agrees with the best is kept. For one
+    target column and for several (full covariances)."""
+    model, pairs, state, x = _three_heads(d)  # the one-component head scores best
     rows = torch.zeros(5, len(pairs), dtype=torch.float64)
     best = [HeadBest(float(i), 0, rows[:, i], rows, state) for i in range(len(pairs))]
     records = [{"kept": True} for _ in pairs]

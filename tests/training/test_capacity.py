@@ -283,3 +283,27 @@ def test_modes_kept_on_few_validation_rows_are_cross_validated(
         assert h.capacity["chosen"]["averaged"] == [model.n_components] and not h.val_nll
     with torch.no_grad():
         assert torch.isfinite(model.log_prob(x, y)).all()
+
+
+def test_several_columns_are_mode_checked_but_not_cross_validated(monkeypatch):
+    """A multi-column target's average gets the mode check too; modes it keeps on few
+    validation rows do not send the choice to cross-validation (every head of a density
+    spread along a curve has many modes)."""
+    real = capacity.without_new_modes
+    calls = []
+
+    def doubting(*args):
+        kept, reason, _ = real(*args)
+        calls.append(reason)
+        return kept, reason, MODE_CHECK_EXTRA + 5
+
+    monkeypatch.setattr(capacity, "without_new_modes", doubting)
+    n = 10 * MODE_CHECK_ROWS - 10
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, generator=g) * 2 - 1
+    y = torch.cat([x, -x], 1) + 0.1 * torch.randn(n, 2, generator=g)
+    model = _model(2)
+    h = fit(model, x, y, max_epochs=4, random_state=0, progress=False)
+    assert calls, "the split kept one head: the mode check never ran"
+    assert h.capacity["reason"] == calls[0] and "cross-validation" not in h.capacity["reason"]
+    assert model.n_components == h.capacity["chosen"]["n_components"]

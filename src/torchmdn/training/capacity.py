@@ -17,22 +17,22 @@ the one of the heads' best epochs where that average scores best on the validati
 a few dozen validation rows the ranking of the candidates is noise; averaging the ones the
 rows cannot tell apart is more robust than betting on one (on 300 rows of six generated
 problems, three seeds, test excess NLL 0.19 against 0.33 for the simplest candidate within
-half a standard error, the rule before; at 2000 rows 0.035 against 0.041). For a
-one-column target the average should not have more modes per input, on the validation
-inputs, than the simplest kept head alone: the largest kept heads are dropped until it has
-none more, unless the validation rows need the next one (without it the average scores more
-than a paired standard error worse): an average of densities can have bumps that none of
-them has, and a large head that over-fits a few rows brings its spikes. The
+half a standard error, the rule before; at 2000 rows 0.035 against 0.041). The average
+should not have more modes per input, on the validation inputs, than the simplest kept head
+alone: the largest kept heads are dropped until it has none more, unless the validation rows
+need the next one (without it the average scores more than a paired standard error worse):
+an average of densities can have bumps that none of them has, and a large head that
+over-fits a few rows brings its spikes. The
 :class:`~torchmdn.History` holds every candidate's validation NLL, which were kept and the
 reason (``history.capacity``); ``model.n_components`` is the total.
 
 Small data: when the validation split would hold fewer than 25 rows (under 250 rows at
 the default 10%), the choice is made by 5-fold cross-validation instead, the chosen size
 trained on every row, and its standard deviations widened by the factor the folds choose
-(:mod:`torchmdn.training.crossval`, :mod:`torchmdn.training.widening`). So it is too when
-the validation rows kept :data:`MODE_CHECK_EXTRA` or more modes beyond the simplest kept
-head's on fewer than :data:`MODE_CHECK_ROWS` rows: whether a few dozen rows need a mode is
-itself noise.
+(:mod:`torchmdn.training.crossval`, :mod:`torchmdn.training.widening`). So it is too, for a
+one-column target, when the validation rows kept :data:`MODE_CHECK_EXTRA` or more modes
+beyond the simplest kept head's on fewer than :data:`MODE_CHECK_ROWS` rows: whether a few
+dozen rows need a mode is itself noise.
 
 Without a validation set (``validation_fraction=0`` and no ``validation_data``) nothing can
 compare candidates: one component is trained. Streamed data, data-parallel runs and
@@ -208,10 +208,12 @@ def select_capacity(
         reason = "not every candidate scored a finite validation NLL: trained the simplest"
         return history.record_capacity(records, [pairs[0]], reason)
     kept, records, reason = choose([b.rows for b in best], pairs)  # type: ignore[misc]
-    if len(kept) > 1 and inputs is not None and model.out_features == 1:
+    if len(kept) > 1 and inputs is not None:
         kept, reason, extra = without_new_modes(model, best, kept, pairs, inputs, records, reason)
-        if extra >= MODE_CHECK_EXTRA and (held_out := folds(x, kwargs, MODE_CHECK_ROWS)):
-            # the modes were kept on the word of a few dozen rows: ask every row instead
+        # modes kept on the word of a few dozen rows: ask every row instead (one column only:
+        # for the 2-d ring, whose every head has many modes, the folds chose 5 components)
+        doubt = model.out_features == 1 and extra >= MODE_CHECK_EXTRA
+        if doubt and (held_out := folds(x, kwargs, MODE_CHECK_ROWS)) is not None:
             return cross_validate(model, x, y, fit, kwargs, pairs, held_out, because=reason)
     at = best_epoch(best, kept)
     history.best_val_nll, history.best_epoch = average_nll(at.all_rows, kept), at.epoch
