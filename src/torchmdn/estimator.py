@@ -70,8 +70,8 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         n_components: ``"auto"`` (default): chosen from the training rows by validation
             likelihood over 1, 2, 3, 5, 12 and 20 components (and 32 for a multi-column
             y) trained together on one backbone; the candidates within two paired standard
-            errors of the best are averaged into one mixture (under 250 rows, and under 400
-            when the validation rows keep extra modes in the average, the simplest within
+            errors of the best are averaged into one mixture (under 250 rows, and for one
+            column under 400 when the validation rows keep extra modes, the simplest within
             half of one, by cross-validation, its standard deviations then widened by the
             factor the folds choose; :mod:`torchmdn.training.capacity`);
             ``n_components_`` says how many components in all. An integer fixes the number
