@@ -339,11 +339,9 @@ def _log(widen: float | Tensor) -> float | Tensor:
 def _mean_columns(heads: Sequence[MDNHead], device: torch.device) -> Tensor:
     """Which columns of the heads' outputs side by side (each ``[logits | means | scale
     parameters]``) are means."""
-    cols = []
-    for hd in heads:
-        n, col = hd.n_components, torch.arange(hd.linear.out_features, device=device)
-        cols.append((col >= n) & (col < n + n * hd.out_features))
-    return torch.cat(cols)
+    is_mean = torch.tensor([False, True, False], device=device)
+    widths = torch.tensor([w for hd in heads for w in hd.output_split], device=device)
+    return is_mean.repeat(len(heads)).repeat_interleave(widths)
 
 
 @dataclass

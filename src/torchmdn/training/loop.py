@@ -457,6 +457,7 @@ class Run:
     def watch_collapse(self, epoch: int) -> None:
         """Track the components' shares of responsibility; re-seed dead components."""
         s, head, history = self.settings, self.head, self.history
+        # drawn whether or not anything is tracked: the batch order after it stays the same
         sub = torch.randperm(len(self.x_fit), generator=self.gen, device=self.gen.device)[:512]
         sub = sub.to(self.x_fit.device)
         x_sub, y_sub = self.x_fit[sub], self.y_fit[sub]

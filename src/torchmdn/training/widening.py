@@ -33,10 +33,10 @@ def widened(model: MDN, factor: float) -> MDN:
     means as they were: ``y_scale`` times ``factor``, the head's standardised means (its
     output rows after the logits) divided by it. Returns the model."""
     head = model.head
-    n, d = head.n_components, head.out_features
+    logits, means, _ = head.output_split
     model.y_scale.mul_(factor)
-    head.linear.weight[n : n + n * d].div_(factor)
-    head.linear.bias[n : n + n * d].div_(factor)
+    head.linear.weight[logits : logits + means].div_(factor)
+    head.linear.bias[logits : logits + means].div_(factor)
     return model
 
 
